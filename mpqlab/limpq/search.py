@@ -1,0 +1,232 @@
+"""LIMPQ's bit-width search: one small integer linear program (ILP), solved exactly.
+
+Tang et al., "Mixed-Precision Neural Network Quantization via Learned Layer-wise Importance",
+ECCV 2022. With learned indicators s_w[l][b] (weights) and s_a[l][b] (activations), pick one pair
+(b_w, b_a) per searchable layer l from the bit options:
+
+    minimise    sum_l  s_a[l][b_a] + alpha * s_w[l][b_w]                       (alpha = 2 in the paper)
+    subject to  sum_l  macs_l * b_w * b_a                         <= bitops_budget      (BitOps)
+                sum_f  params_f * w_bits_f + sum_l params_l * b_w <= size_budget_bits   (model size)
+
+f runs over the fixed layers (first and last, 8 bits). Their BitOps would add the same constant to
+both sides of the BitOps row, so, like LIMPQ's script, ``bitops`` counts the searchable layers only.
+As an ILP: a binary x[l, b_w, b_a] per allowed pair, with sum_{b_w, b_a} x[l, b_w, b_a] = 1 per layer.
+
+Exactly means exactly: PuLP's bundled CBC stops up to 1e-5 short of the optimum (its default cutoff
+increment), which is enough to change LIMPQ's published ResNet-50 policy. We call HiGHS with zero
+gap tolerances on costs normalised to [0, 1], and recompute the objective from the indicators.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import asdict, dataclass, field
+
+import pulp
+
+from mpqlab.errors import BitWidthError, InfeasibleBudgetError, QuantParamError, check_bits, check_positive
+from mpqlab.limpq.indicators import Indicators
+
+
+def check_bit_options(indicators: Indicators, bit_options) -> list[int]:
+    """The bit options as distinct ints, highest first; each must have an indicator in every layer."""
+    options = sorted({check_bits(b, name="bit option") for b in bit_options}, reverse=True)
+    if not options:
+        raise BitWidthError("bit_options is empty: give at least one bit-width, e.g. 6 5 4 3 2")
+    for table, side in ((indicators.weight_indicators, "weight"), (indicators.act_indicators, "act")):
+        for name in indicators.layer_names:
+            missing = [b for b in options if b not in table[name]]
+            if missing:
+                have = sorted(table[name], reverse=True)
+                raise BitWidthError(f"bit option(s) {missing} have no {side} indicator for layer {name!r}; "
+                                    f"the indicators cover bit-widths {have}")
+    return options
+
+
+def allowed_bits(scores: dict[int, float], options: list[int]) -> list[int]:
+    """Drop "wrong-way" bit-widths: ``b_lo`` is banned if s[b_lo] < s[b_hi] for the next higher option.
+
+    Fewer bits should mean a larger indicator; LIMPQ's code treats a lower bit-width whose indicator
+    is smaller as an artefact of joint training and never picks it (rule: s[b-1] < s[b] bans b-1).
+    Compared on the original values, so one ban does not cascade. The highest option always stays.
+    """
+    ordered = sorted(options, reverse=True)
+    banned = {lo for hi, lo in zip(ordered, ordered[1:]) if scores[lo] < scores[hi]}
+    return [b for b in ordered if b not in banned]
+
+
+def uniform_budget(indicators: Indicators, w_bits: int, a_bits: int) -> int:
+    """BitOps of the uniform policy W{w_bits}A{a_bits}: sum_l macs_l * w_bits * a_bits (searchable layers)."""
+    w_bits, a_bits = check_bits(w_bits, name="w_bits"), check_bits(a_bits, name="a_bits")
+    return sum(indicators.layer_macs[n] * w_bits * a_bits for n in indicators.layer_names)
+
+
+def size_budget(indicators: Indicators, compression_ratio: float) -> float:
+    """Model-size budget in bits for a compression ratio r: 32 * (total params) / r."""
+    return 32 * indicators.total_params() / check_positive(compression_ratio, name="compression_ratio")
+
+
+def fixed_size_bits(indicators: Indicators) -> int:
+    """sum_f params_f * w_bits_f: what the fixed layers weigh, whatever the search picks."""
+    return sum(f.params * f.w_bits for f in indicators.fixed_layers.values())
+
+
+def min_bitops(indicators: Indicators, bit_options) -> int:
+    """Smallest reachable BitOps: sum_l macs_l * min allowed b_w * min allowed b_a."""
+    options = check_bit_options(indicators, bit_options)
+    return sum(indicators.layer_macs[n] * min(allowed_bits(indicators.weight_indicators[n], options))
+               * min(allowed_bits(indicators.act_indicators[n], options)) for n in indicators.layer_names)
+
+
+def min_size_bits(indicators: Indicators, bit_options) -> int:
+    """Smallest reachable model size: fixed layers + sum_l params_l * min allowed b_w."""
+    options = check_bit_options(indicators, bit_options)
+    return fixed_size_bits(indicators) + sum(
+        indicators.layer_params[n] * min(allowed_bits(indicators.weight_indicators[n], options))
+        for n in indicators.layer_names)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A searched policy and what it costs."""
+
+    layer_names: list[str]
+    weight_bits: list[int]  # b_w per searchable layer, in layer order
+    act_bits: list[int]  # b_a per searchable layer, in layer order
+    objective: float  # sum_l s_a + alpha * s_w, recomputed from the indicators
+    bitops: int  # sum_l macs_l * b_w * b_a over the searchable layers
+    size_bits: int  # weight storage, fixed layers included
+    compression_ratio: float  # 32 * total params / size_bits
+    bitops_budget: float | None
+    size_budget_bits: float | None
+    status: str  # the solver's status, "Optimal"
+    solve_time: float  # seconds spent in the solver
+    fixed_layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # not searched
+
+    @property
+    def policy(self) -> dict[str, tuple[int, int]]:
+        """``{layer: (w_bits, a_bits)}``, fixed layers included: ready for ``quantize_model``."""
+        return {**dict(zip(self.layer_names, zip(self.weight_bits, self.act_bits))), **self.fixed_layers}
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (what ``python -m mpqlab search`` prints)."""
+        d = asdict(self)
+        d["fixed_layers"] = {n: list(p) for n, p in self.fixed_layers.items()}
+        return d
+
+
+def _exact_row(coeffs: list[int], rhs: float) -> tuple[list[int], int]:
+    """``sum c_i x_i <= rhs`` with integer c_i, divided by g = gcd(c) and rounded down on the right.
+
+    Exact for integer x (the left side is a multiple of g), and it brings BitOps of ~1e10 down to
+    numbers the floating-point solver handles without tolerance slips.
+    """
+    g = math.gcd(*coeffs) or 1
+    return [c // g for c in coeffs], math.floor(rhs) // g
+
+
+def _solver(name: str):
+    if name == "highs":  # HiGHS through its Python API (highspy): no binary needed, zero gaps = exact
+        return pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0)
+    if name == "cbc":  # PuLP's bundled CBC with default options, as LIMPQ's script runs it
+        return pulp.PULP_CBC_CMD(msg=False)
+    raise QuantParamError(f"solver must be 'highs' or 'cbc', got {name!r}")
+
+
+def _budget(value, name: str):
+    """A positive finite number, kept an int if it is one (BitOps print exactly)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise QuantParamError(f"{name} must be a positive number, got {value!r}")
+    check_positive(value, name=name)
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def _check_budgets(ind: Indicators, options: list[int], bitops_budget, size_budget_bits):
+    """Budgets (or None), or InfeasibleBudgetError naming the smallest reachable one if too small."""
+    if bitops_budget is not None:
+        bitops_budget = _budget(bitops_budget, "bitops_budget")
+        lowest = min_bitops(ind, options)
+        if bitops_budget < lowest:
+            raise InfeasibleBudgetError(f"BitOps budget {bitops_budget:.6g} is below {lowest} (= {lowest:.4g}), "
+                                        f"the smallest reachable with bit options {options}")
+    if size_budget_bits is not None:
+        size_budget_bits = _budget(size_budget_bits, "size_budget_bits")
+        lowest = min_size_bits(ind, options)
+        if size_budget_bits < lowest:
+            raise InfeasibleBudgetError(
+                f"model-size budget {size_budget_bits:.6g} bits is below {lowest} bits, the smallest reachable "
+                f"with bit options {options} (compression ratio at most {32 * ind.total_params() / lowest:.4f})")
+    return bitops_budget, size_budget_bits
+
+
+def solve_policy(indicators: Indicators, bit_options, bitops_budget: float | None = None,
+                 size_budget_bits: float | None = None, alpha: float = 2.0,
+                 solver: str = "highs") -> SearchResult:
+    """Solve LIMPQ's ILP (module docstring) for the given budgets; ``None`` leaves a budget out.
+
+    ``bitops_budget`` counts the searchable layers (see ``uniform_budget``); ``size_budget_bits``
+    counts the whole model (see ``size_budget``). ``solver="cbc"`` is there for comparison only.
+    """
+    ind, names = indicators, indicators.layer_names
+    options = check_bit_options(ind, bit_options)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha < math.inf:
+        raise QuantParamError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    alpha = float(alpha)
+    bitops_budget, size_budget_bits = _check_budgets(ind, options, bitops_budget, size_budget_bits)
+
+    # One binary per layer and allowed pair (b_w, b_a), with cost c = s_a[b_a] + alpha * s_w[b_w].
+    pairs = [(i, bw, ba) for i, n in enumerate(names)
+             for bw in allowed_bits(ind.weight_indicators[n], options)
+             for ba in allowed_bits(ind.act_indicators[n], options)]
+    cost = [ind.act_indicators[names[i]][ba] + alpha * ind.weight_indicators[names[i]][bw] for i, bw, ba in pairs]
+    # Shift each layer's costs to start at 0 and scale all into [0, 1]: the same argmin, but the
+    # solver's absolute tolerances (~1e-7) are then far below the gaps between policies.
+    low: dict[int, float] = {}
+    for (i, _, _), c in zip(pairs, cost):
+        low[i] = min(low.get(i, c), c)
+    shifted = [c - low[i] for (i, _, _), c in zip(pairs, cost)]
+    top = max(shifted) or 1.0
+    problem = pulp.LpProblem("limpq_bit_widths", pulp.LpMinimize)
+    x = [problem.add_variable(f"x_{i}_{bw}_{ba}", cat=pulp.LpBinary) for i, bw, ba in pairs]
+    problem += pulp.LpAffineExpression([(v, s / top) for v, s in zip(x, shifted)])
+    per_layer: dict[int, list] = {}
+    for v, (i, _, _) in zip(x, pairs):
+        per_layer.setdefault(i, []).append((v, 1))
+    for i, terms in per_layer.items():
+        problem += pulp.LpAffineExpression(terms) == 1, f"one_pair_{i}"
+    if bitops_budget is not None:
+        row, rhs = _exact_row([ind.layer_macs[names[i]] * bw * ba for i, bw, ba in pairs], bitops_budget)
+        problem += pulp.LpAffineExpression(list(zip(x, row))) <= rhs, "bitops"
+    if size_budget_bits is not None:
+        row, rhs = _exact_row([ind.layer_params[names[i]] * bw for i, bw, _ in pairs],
+                              size_budget_bits - fixed_size_bits(ind))
+        problem += pulp.LpAffineExpression(list(zip(x, row))) <= rhs, "size"
+
+    start = time.perf_counter()
+    problem.solve(_solver(solver))
+    solve_time = time.perf_counter() - start
+    status = pulp.LpStatus[problem.status]
+    if status != "Optimal":  # budgets were checked above, so this is the solver failing, not the user
+        raise InfeasibleBudgetError(f"the ILP solver ({solver}) returned status {status!r}")
+
+    chosen: dict[int, tuple] = {}
+    for v, (i, bw, ba) in zip(x, pairs):  # the largest x per layer: robust to 0.9999999
+        if i not in chosen or v.value() > chosen[i][0]:
+            chosen[i] = (v.value(), bw, ba)
+    w_bits = [chosen[i][1] for i in range(len(names))]
+    a_bits = [chosen[i][2] for i in range(len(names))]
+    bitops = sum(ind.layer_macs[n] * w * a for n, w, a in zip(names, w_bits, a_bits))
+    size = fixed_size_bits(ind) + sum(ind.layer_params[n] * w for n, w in zip(names, w_bits))
+    if (bitops_budget is not None and bitops > bitops_budget) or (
+            size_budget_bits is not None and size > size_budget_bits):  # never seen; a tolerance slip would land here
+        raise InfeasibleBudgetError(f"the ILP solver ({solver}) returned a policy over budget: "
+                                    f"{bitops} BitOps, {size} bits")
+    return SearchResult(
+        layer_names=list(names), weight_bits=w_bits, act_bits=a_bits,
+        objective=sum(ind.act_indicators[n][a] + alpha * ind.weight_indicators[n][w]
+                      for n, w, a in zip(names, w_bits, a_bits)),
+        bitops=bitops, size_bits=size, compression_ratio=32 * ind.total_params() / size,
+        bitops_budget=bitops_budget, size_budget_bits=size_budget_bits, status=status, solve_time=solve_time,
+        fixed_layers={n: (f.w_bits, f.a_bits) for n, f in ind.fixed_layers.items()})

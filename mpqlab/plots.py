@@ -1,0 +1,44 @@
+"""Plot helpers shared by the notebooks. Each returns the matplotlib Figure it drew."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+# One colour per layer kind, the same in every notebook.
+KIND_COLORS = {"conv": "#4C72B0", "depthwise": "#DD8452", "pointwise": "#55A868", "linear": "#8172B3"}
+
+
+def image_grid(images, labels, class_names, rows: int = 3, cols: int = 10, predictions=None):
+    """A grid of grey images titled with their class (and the prediction, red when wrong)."""
+    from mpqlab.data import unnormalize
+
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows))
+    pixels = unnormalize(images[: rows * cols])
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(pixels):
+            continue
+        ax.imshow(pixels[i, 0], cmap="gray_r", vmin=0, vmax=1)
+        title = class_names[int(labels[i])]
+        color = "black"
+        if predictions is not None and int(predictions[i]) != int(labels[i]):
+            title, color = f"{class_names[int(predictions[i])]}?", "crimson"
+        ax.set_title(title, fontsize=8, color=color)
+    fig.tight_layout()
+    return fig
+
+
+def macs_bar(table, title: str = "", ax=None, log: bool = False):
+    """Bar chart of MACs per layer, coloured by kind (conv / depthwise / pointwise / linear)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(table)), 3.2))
+    colors = [KIND_COLORS[k] for k in table.kind]
+    ax.bar(range(len(table)), table.macs / 1e6, color=colors, log=log)
+    ax.set_xticks(range(len(table)))
+    ax.set_xticklabels([n.replace(".conv", "") for n in table.index], rotation=90, fontsize=7)
+    ax.set_ylabel("MACs (millions)")
+    ax.set_title(title)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLORS.items() if k in set(table.kind)]
+    ax.legend(handles, [k for k in KIND_COLORS if k in set(table.kind)], fontsize=8, frameon=False)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -1,0 +1,132 @@
+"""KL (entropy) calibration: pick the clipping threshold whose quantized histogram loses the least information.
+
+NVIDIA TensorRT's 8-bit calibration (Migacz 2017, "8-bit Inference with TensorRT", GTC talk):
+
+1. Histogram ``|x|`` into ``num_bins`` = 2048 bins over ``[0, max|x|]``.
+2. For every candidate ``i = num_levels .. num_bins`` (threshold ``T_i`` = the edge ``i * bin_width``):
+   - reference ``P`` = bins ``0 .. i-1``, with the outliers (bins ``i ..``) added to bin ``i-1``
+     (clipping moves them onto the threshold);
+   - candidate ``Q``: merge the same ``i`` bins (without the outliers) into ``num_levels`` groups,
+     then spread each group's mass uniformly over the group's bins where ``P`` is non-zero;
+   - ``KL(P || Q) = sum_k p_k log(p_k / q_k)`` after normalising both to sum 1.
+3. Return the ``T_i`` with the smallest divergence.
+
+Where a group of ``Q`` is empty but ``P`` is not (outliers folded onto an empty last bin), ``q_k = 0 < p_k``
+and the divergence would be +inf, which would forbid clipping even a lone outlier: the very case KL
+calibration is for. So we smooth ``Q`` by mixing in a little of the uniform distribution over ``P``'s
+non-empty bins, ``Q <- (1 - eps) Q + eps U`` with ``eps = 1e-4`` (implementations derived from TensorRT's,
+e.g. MXNet's, smooth zero bins with a similar small epsilon). With ``eps = 0`` such candidates get +inf.
+
+``num_levels`` is the number of quantization levels on one side of zero: 128 for int8 (TensorRT),
+``2^(bits-1)`` in general, so 4- and 6-bit calibration work too. We report the bin *edge*
+``i * bin_width`` as the threshold (TensorRT uses the centre ``(i + 0.5) * bin_width``: half a bin more,
+at most 0.4% of the threshold). Introduced in notebook 02.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpqlab.errors import QuantParamError, check_tensor
+from mpqlab.quant.observers import SampleObserver
+
+
+@dataclass
+class KLCalibration:
+    """Result of KL calibration; everything needed to plot the KL curve over the histogram."""
+
+    threshold: float          # chosen clipping threshold T (a bin edge)
+    thresholds: np.ndarray    # (num_bins - num_levels + 1,) candidate thresholds i * bin_width
+    kl: np.ndarray            # same shape: KL(P || Q) per candidate
+    hist: np.ndarray          # (num_bins,) counts of |x|
+    bin_edges: np.ndarray     # (num_bins + 1,)
+
+
+def _xlogx(v: np.ndarray) -> np.ndarray:
+    """``v log v`` with ``0 log 0 = 0``."""
+    return np.where(v > 0, v * np.log(np.where(v > 0, v, 1.0)), 0.0)
+
+
+def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """``KL(P_i || Q_i)`` for every candidate ``i = num_levels .. num_bins`` at once; returns ``(i, kl)``.
+
+    All the bins of P that share a group j get the same q_j, so the per-bin sum splits as
+
+        KL = sum_k p_k log p_k  -  sum_j p(group j) log q_j
+
+    and both parts come from cumulative sums of the histogram, for all ~2000 candidates together
+    rather than in a Python loop (tests/test_kl.py checks it against the literal loop, bin by bin).
+    """
+    h = np.asarray(hist, dtype=np.float64)
+    total = h.sum()
+    if total <= 0:
+        raise QuantParamError("the histogram is empty: KL calibration needs at least one count")
+    i = np.arange(num_levels, len(h) + 1)                      # (I,) candidate i keeps bins 0 .. i-1
+    cum = np.concatenate([[0.0], np.cumsum(h)])                # cum[k] = mass of bins 0 .. k-1
+    cum_nonempty = np.concatenate([[0], np.cumsum(h > 0)])     # non-empty bins among 0 .. k-1
+    cum_xlogx = np.concatenate([[0.0], np.cumsum(_xlogx(h))])
+    outliers = total - cum[i]                                  # (I,) mass clipped onto bin i-1
+    p_last = h[i - 1] + outliers                               # (I,) P's last bin
+    # Group j of candidate i holds bins edges[j] .. edges[j+1] - 1, edges[j] = ceil(j * i / num_levels).
+    edges = (np.arange(num_levels + 1) * i[:, None] + num_levels - 1) // num_levels  # (I, L + 1)
+    q_mass = np.diff(cum[edges], axis=1)                       # (I, L) each group's own bins (no outliers)
+    support = np.diff(cum_nonempty[edges], axis=1)             # (I, L) bins of the group where P > 0
+    support[:, -1] += (h[i - 1] == 0) & (outliers > 0)         # outliers fill an empty last bin of P
+    p_mass = q_mass.copy()
+    p_mass[:, -1] += outliers
+    share = q_mass / np.maximum(cum[i], 1e-300)[:, None]       # Q normalised to sum 1, per group
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = (1 - eps) * share / support + eps / support.sum(axis=1, keepdims=True)  # per bin, smoothed
+        cross = np.where(p_mass > 0, p_mass * np.log(q), 0.0).sum(axis=1) / total
+    neg_entropy = (cum_xlogx[i - 1] + _xlogx(p_last)) / total - np.log(total)    # sum_k p_k log p_k
+    return i, neg_entropy - cross
+
+
+def kl_from_histogram(hist, bin_width: float, num_levels: int = 128, eps: float = 1e-4) -> KLCalibration:
+    """Run the threshold search on a histogram of ``|x|`` whose bins are ``bin_width`` wide, starting at 0."""
+    hist = np.asarray(hist, dtype=np.float64)
+    num_bins = hist.shape[0]
+    if not 2 <= num_levels <= num_bins:
+        raise QuantParamError(f"num_levels must be in [2, num_bins={num_bins}], got {num_levels}")
+    if not bin_width > 0:
+        raise QuantParamError(f"bin_width must be positive, got {bin_width}")
+    candidates, kl = kl_curve(hist, num_levels, eps)
+    thresholds = candidates * bin_width
+    return KLCalibration(threshold=float(thresholds[np.argmin(kl)]), thresholds=thresholds, kl=kl, hist=hist,
+                         bin_edges=np.arange(num_bins + 1) * bin_width)
+
+
+def kl_calibration(x: torch.Tensor, num_levels: int = 128, num_bins: int = 2048,
+                   max_abs: float | None = None, eps: float = 1e-4) -> KLCalibration:
+    """Histogram ``|x|`` into ``num_bins`` bins over ``[0, max|x|]`` and find the KL-optimal threshold.
+
+    ``max_abs`` widens the range to at least that (an observer passes the exact maximum when ``x`` is a sample).
+    An all-zero ``x`` gets a histogram over [0, 1] (the threshold then clips nothing that exists).
+    """
+    check_tensor(x)
+    a = x.detach().abs().float().flatten().cpu()
+    top = max(float(a.max()), 0.0 if max_abs is None else float(max_abs)) or 1.0
+    hist = torch.histc(a, bins=num_bins, min=0.0, max=top)
+    return kl_from_histogram(hist.numpy(), top / num_bins, num_levels, eps)
+
+
+class KLObserver(SampleObserver):
+    """Per-tensor observer whose range is ``[max(x_min, -T), min(x_max, T)]`` with T from ``kl_calibration``.
+
+    ``num_levels=None`` uses ``2^(bits-1)`` (128 at 8 bits, as TensorRT).
+    """
+
+    def __init__(self, bits: int = 8, symmetric: bool = False, signed: bool = False, narrow: bool = False,
+                 num_levels: int | None = None, num_bins: int = 2048, max_samples: int = 2**16, seed: int = 0):
+        super().__init__(bits, symmetric, signed, narrow, None, max_samples, seed)
+        self.num_levels, self.num_bins = num_levels, num_bins
+
+    def compute_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_seen()
+        levels = self.num_levels or max(2, 2 ** (self.bits - 1))
+        max_abs = max(-self.min_val.item(), self.max_val.item())  # exact, though the histogram is of a sample
+        threshold = kl_calibration(self.all_samples(), min(levels, self.num_bins), self.num_bins, max_abs).threshold
+        return self.qparams_for_range(self.min_val.clamp(min=-threshold), self.max_val.clamp(max=threshold))

@@ -1,0 +1,251 @@
+"""LIMPQ search: the published ResNet-50 policy, brute force on small instances, errors, indicator files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpqlab.__main__ import main
+from mpqlab.errors import BitWidthError, DataFileError, InfeasibleBudgetError, QuantParamError
+from mpqlab.limpq.indicators import (
+    FixedLayer,
+    Indicators,
+    indicators_to_dict,
+    load_indicators,
+    save_indicators,
+    synthetic_indicators,
+)
+from mpqlab.limpq.search import (
+    allowed_bits,
+    min_bitops,
+    min_size_bits,
+    size_budget,
+    solve_policy,
+    uniform_budget,
+)
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/limpq_resnet50_indicators.json"
+needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason=f"LIMPQ fixture not found at {FIXTURE}")
+
+
+# --- the paper's published policy -------------------------------------------------------------
+
+@needs_fixture
+def test_cli_reproduces_published_resnet50_policy(capsys):
+    expected = json.loads(FIXTURE.read_text())["expected"]
+    code = main(["search", "--indicators", str(FIXTURE), "--bits", "6", "5", "4", "3", "2",
+                 "--wb", "3", "--ab", "4", "--cr", "12.2", "--alpha", "2"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["weight_bits"] == expected["weight_bits"]
+    assert out["act_bits"] == expected["act_bits"]
+    assert out["objective"] == pytest.approx(expected["objective"], abs=1e-6)
+    assert out["bitops"] == expected["bitops_used"] == 48283189248
+    assert out["bitops_budget"] == expected["bitops_budget"]
+    assert out["compression_ratio"] == pytest.approx(expected["compression_ratio"], abs=5e-4)
+
+
+@needs_fixture
+def test_fixture_bans_exactly_the_points_named_in_its_recipe():
+    ind = load_indicators(FIXTURE)
+    options = [6, 5, 4, 3, 2]
+    w_banned = {n: sorted(set(options) - set(allowed_bits(ind.weight_indicators[n], options)))
+                for n in ind.layer_names}
+    a_banned = [n for n in ind.layer_names if allowed_bits(ind.act_indicators[n], options) != options]
+    assert {n: b for n, b in w_banned.items() if b} == {"layer4.0.downsample.0": [5], "layer4.2.conv3": [5]}
+    assert a_banned == []
+
+
+# --- brute force: the ILP returns the true optimum --------------------------------------------
+
+def reference_allowed(scores, options):
+    """The ban rule written out again, independently: compare each option with the next higher one."""
+    ordered = sorted(options)
+    return [b for b, higher in zip(ordered, ordered[1:] + [None]) if higher is None or not scores[b] < scores[higher]]
+
+
+def brute_force(ind, options, bitops_budget, size_budget_bits, alpha):
+    """min objective over every policy (None if none fits), enumerating all combinations."""
+    names = ind.layer_names
+    choices = [[(bw, ba) for bw in reference_allowed(ind.weight_indicators[n], options)
+                for ba in reference_allowed(ind.act_indicators[n], options)] for n in names]
+    fixed = sum(f.params * f.w_bits for f in ind.fixed_layers.values())
+    best = None
+    for policy in itertools.product(*choices):
+        bitops = sum(ind.layer_macs[n] * bw * ba for n, (bw, ba) in zip(names, policy))
+        size = fixed + sum(ind.layer_params[n] * bw for n, (bw, _) in zip(names, policy))
+        if (bitops_budget is not None and bitops > bitops_budget) or (
+                size_budget_bits is not None and size > size_budget_bits):
+            continue
+        cost = sum(ind.act_indicators[n][ba] + alpha * ind.weight_indicators[n][bw]
+                   for n, (bw, ba) in zip(names, policy))
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@st.composite
+def instances(draw):
+    n_layers = draw(st.integers(1, 4))
+    options = draw(st.lists(st.integers(2, 8), min_size=1, max_size=3, unique=True))
+    scale = draw(st.sampled_from([1e-7, 1.0, 1e3]))  # tiny scales are where CBC's 1e-5 cutoff would bite
+    score = st.floats(0.0, 1.0, allow_nan=False, allow_infinity=False)
+    names = [f"l{i}" for i in range(n_layers)]
+
+    def table():
+        return {n: {b: draw(score) * scale for b in options} for n in names}
+
+    fixed = {"first": FixedLayer(macs=10, params=draw(st.integers(1, 500)))} if draw(st.booleans()) else {}
+    return Indicators(names, table(), table(),
+                      {n: draw(st.integers(1, 1000)) for n in names},
+                      {n: draw(st.integers(1, 1000)) for n in names}, fixed), options
+
+
+@settings(max_examples=60, deadline=None)
+@given(inst=instances(), f_bitops=st.none() | st.floats(0, 1.2), f_size=st.none() | st.floats(0, 1.2),
+       alpha=st.sampled_from([0.0, 0.5, 2.0]))
+def test_solver_matches_brute_force(inst, f_bitops, f_size, alpha):
+    ind, options = inst
+    # Budgets from the smallest reachable (f = 0) to beyond the largest (f = 1.2).
+    lo_bitops, lo_size = min_bitops(ind, options), min_size_bits(ind, options)
+    hi_bitops = sum(m * max(options) ** 2 for m in ind.layer_macs.values())
+    hi_size = lo_size + sum(p * max(options) for p in ind.layer_params.values())
+    bitops_budget = None if f_bitops is None else lo_bitops + f_bitops * (hi_bitops - lo_bitops)
+    size_budget_bits = None if f_size is None else lo_size + f_size * (hi_size - lo_size)
+
+    result = solve_policy(ind, options, bitops_budget, size_budget_bits, alpha=alpha)
+    best = brute_force(ind, options, bitops_budget, size_budget_bits, alpha)
+    # Optimal up to the solver's floating-point tolerance on costs normalised to [0, 1].
+    spread = max(max(c) - min(c) for c in (
+        [ind.act_indicators[n][a] + alpha * ind.weight_indicators[n][w] for w in options for a in options]
+        for n in ind.layer_names))
+    assert result.objective == pytest.approx(best, rel=1e-12, abs=1e-9 * spread + 1e-300)
+    assert result.status == "Optimal"
+    if bitops_budget is not None:
+        assert result.bitops <= bitops_budget
+    if size_budget_bits is not None:
+        assert result.size_bits <= size_budget_bits
+
+
+def test_budget_at_the_minimum_is_feasible_and_one_below_is_not():
+    ind, options = synthetic_indicators(6, seed=3), [6, 4, 2]
+    lowest = min_bitops(ind, options)
+    assert solve_policy(ind, options, bitops_budget=lowest).bitops == lowest
+    with pytest.raises(InfeasibleBudgetError, match=str(lowest)):
+        solve_policy(ind, options, bitops_budget=lowest - 1)
+    smallest = min_size_bits(ind, options)
+    assert solve_policy(ind, options, size_budget_bits=smallest).size_bits == smallest
+    with pytest.raises(InfeasibleBudgetError, match=str(smallest)):
+        solve_policy(ind, options, size_budget_bits=smallest - 1)
+
+
+@pytest.mark.filterwarnings("ignore:PULP_CBC_CMD is deprecated")
+def test_cbc_is_feasible_but_never_better_than_highs():
+    ind, options = synthetic_indicators(8, seed=1), [6, 5, 4, 3, 2]
+    budget, size = uniform_budget(ind, 3, 4), size_budget(ind, 10.0)
+    highs = solve_policy(ind, options, budget, size)
+    cbc = solve_policy(ind, options, budget, size, solver="cbc")
+    assert cbc.bitops <= budget and cbc.size_bits <= size
+    assert cbc.objective >= highs.objective - 1e-12
+
+
+# --- small pure pieces -------------------------------------------------------------------------
+
+def test_ban_rule_compares_with_the_next_higher_option_without_cascading():
+    assert allowed_bits({6: 1.0, 5: 0.5, 4: 2.0, 3: 1.5, 2: 3.0}, [6, 5, 4, 3, 2]) == [6, 4, 2]
+    # 5 is banned (0.5 < 1.0); 4 is compared with 5's own value and stays.
+    assert allowed_bits({6: 1.0, 5: 0.5, 4: 0.7}, [4, 5, 6]) == [6, 4]
+    assert allowed_bits({8: 1.0, 4: 0.5, 2: 3.0}, [8, 4, 2]) == [8, 2]
+
+
+def test_budgets_and_result_views():
+    ind = synthetic_indicators(5, seed=0)
+    assert uniform_budget(ind, 3, 4) == 12 * sum(ind.layer_macs.values())
+    assert size_budget(ind, 8.0) == 4 * ind.total_params()
+    result = solve_policy(ind, [4, 2], bitops_budget=uniform_budget(ind, 3, 3))
+    assert list(result.policy)[:5] == ind.layer_names
+    assert result.policy["first"] == (8, 8) and result.policy["last"] == (8, 8)
+    assert [result.policy[n] for n in ind.layer_names] == list(zip(result.weight_bits, result.act_bits))
+    assert result.compression_ratio == pytest.approx(32 * ind.total_params() / result.size_bits)
+    json.dumps(result.to_dict())  # JSON-ready
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda ind: solve_policy(ind, []), BitWidthError, "empty"),
+    (lambda ind: solve_policy(ind, [6, 7]), BitWidthError, "[7]"),
+    (lambda ind: solve_policy(ind, [6, 40]), BitWidthError, "40"),
+    (lambda ind: solve_policy(ind, [6, 2], bitops_budget=-5), QuantParamError, "-5"),
+    (lambda ind: solve_policy(ind, [6, 2], size_budget_bits=float("nan")), QuantParamError, "nan"),
+    (lambda ind: solve_policy(ind, [6, 2], bitops_budget="big"), QuantParamError, "big"),
+    (lambda ind: solve_policy(ind, [6, 2], alpha=-1.0), QuantParamError, "-1.0"),
+    (lambda ind: solve_policy(ind, [6, 2], solver="gurobi"), QuantParamError, "gurobi"),
+    (lambda ind: uniform_budget(ind, 3, 0), BitWidthError, "0"),
+    (lambda ind: size_budget(ind, 0.0), QuantParamError, "0.0"),
+])
+def test_bad_arguments_raise_clear_errors(call, error, text):
+    with pytest.raises(error) as info:
+        call(synthetic_indicators(3, bit_options=(6, 4, 2)))
+    assert text in str(info.value)
+
+
+# --- indicator files ---------------------------------------------------------------------------
+
+def test_save_then_load_round_trips_and_keeps_extra_keys(tmp_path):
+    ind = synthetic_indicators(4, seed=2)
+    path = save_indicators(tmp_path / "sub" / "ind.json", ind, extra={"source": "test"})
+    assert load_indicators(path) == ind
+    assert json.loads(path.read_text())["source"] == "test"
+    assert [p.name for p in path.parent.iterdir()] == ["ind.json"]  # no temp file left behind
+
+
+def test_save_refuses_bad_data_and_leaves_no_file(tmp_path):
+    ind = synthetic_indicators(2)
+    ind.weight_indicators["layer0"][4] = math.nan
+    with pytest.raises(DataFileError, match="nan"):
+        save_indicators(tmp_path / "ind.json", ind)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_fixture
+def test_fixture_is_a_valid_indicator_file():
+    ind = load_indicators(FIXTURE)
+    assert len(ind.layer_names) == 52 and set(ind.fixed_layers) == {"conv1", "fc"}
+    assert ind.weight_indicators["layer1.0.conv1"][6] == pytest.approx(0.022435298189520836)
+
+
+def _broken(change):
+    raw = indicators_to_dict(synthetic_indicators(2, bit_options=(4, 2)))
+    change(raw)
+    return raw
+
+
+@pytest.mark.parametrize("change, text", [
+    (lambda r: r.pop("layer_macs"), "layer_macs"),
+    (lambda r: r["weight_indicators"]["layer1"].update({"4": "high"}), "'high'"),
+    (lambda r: r["act_indicators"]["layer0"].update({"2": float("nan")}), "nan"),
+    (lambda r: r["act_indicators"]["layer0"].update({"two": 0.1}), "'two'"),
+    (lambda r: r["layer_params"].pop("layer1"), "layer1"),
+    (lambda r: r["layer_macs"].update({"layer0": -3}), "-3"),
+    (lambda r: r["layer_names"].append("layer9"), "layer9"),
+    (lambda r: r["fixed_layers"]["first"].pop("w_bits"), "first"),
+    (lambda r: r.update({"layer_names": "layer0"}), "layer_names"),
+])
+def test_malformed_indicator_files_name_the_bad_value(tmp_path, change, text):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_broken(change)))
+    with pytest.raises(DataFileError) as info:
+        load_indicators(path)
+    assert text in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_and_non_json_files(tmp_path):
+    with pytest.raises(DataFileError, match="not found"):
+        load_indicators(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(DataFileError, match="not valid JSON"):
+        load_indicators(tmp_path / "x.json")
