@@ -23,8 +23,8 @@ def _add_search(commands) -> None:
                                         "under a BitOps and/or model-size budget; print the policy as JSON.")
     p.add_argument("--indicators", required=True, metavar="FILE.json", help="importance-indicator file")
     p.add_argument("--bits", required=True, type=int, nargs="+", metavar="B", help="bit options, e.g. 6 5 4 3 2")
-    p.add_argument("--wb", type=int, metavar="W", help="BitOps budget = the uniform W-bit-weight ...")
-    p.add_argument("--ab", type=int, metavar="A", help="... A-bit-activation policy (give both --wb and --ab)")
+    p.add_argument("--wb", type=int, metavar="W", help="BitOps budget: that of the uniform policy W<wb>A<ab> ...")
+    p.add_argument("--ab", type=int, metavar="A", help="... over the searchable layers (give --wb and --ab together)")
     p.add_argument("--cr", type=float, metavar="R", help="model-size budget: compression ratio >= R vs 32-bit")
     p.add_argument("--alpha", type=float, default=2.0, help="weight of the weight indicators (default 2)")
     p.set_defaults(run=_run_search)
@@ -35,7 +35,7 @@ def _run_search(args) -> int:
     from mpqlab.limpq.search import size_budget, solve_policy, uniform_budget
 
     if (args.wb is None) != (args.ab is None):
-        raise BitWidthError("give --wb and --ab together: the BitOps budget is the uniform policy W{wb}A{ab}")
+        raise BitWidthError("give --wb and --ab together: the BitOps budget is that of the uniform policy W<wb>A<ab>")
     indicators = load_indicators(args.indicators)
     bitops_budget = None if args.wb is None else uniform_budget(indicators, args.wb, args.ab)
     size_budget_bits = None if args.cr is None else size_budget(indicators, args.cr)
