@@ -65,6 +65,8 @@ def test_bad_bits_and_tensors():
         outlier_threshold(torch.tensor([]), 0.1)
     with pytest.raises(TensorValueError):
         outlier_quantize(torch.tensor([1.0, math.nan]), 4, 1.0)
+    with pytest.raises(QuantParamError, match="threshold"):
+        outlier_quantize(torch.ones(3), 4, -1.0)
 
 
 def test_activation_threshold_follows_an_ema_in_training_only():

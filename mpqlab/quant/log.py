@@ -120,7 +120,8 @@ def log_levels(bits: int, fsr: int, signed: bool = False, base: str = "2") -> to
 def fsr_from_max(max_abs: float, base: str = "2") -> int:
     """The fsr whose top code is the max's own code, fsr = Round(s log2 max|x|) + 1, so max|x| is never clipped.
 
-    (The paper treats fsr as a per-layer hyperparameter; this is one data-driven choice.) An all-zero tensor has no scale; any fsr maps it to zeros, we return 0.
+    (The paper treats fsr as a per-layer hyperparameter; this is one data-driven choice.)
+    An all-zero tensor has no scale; any fsr maps it to zeros, we return 0.
     """
     s = steps_per_octave(base)
     max_abs = float(max_abs)

@@ -19,9 +19,11 @@ as outliers: floor(ratio n) of them when there are no ties. ``ratio = 0`` gives 
 outliers: plain linear quantization clipped at max|x|. Activation thresholds follow an
 exponential moving average over batches (our choice for a running estimate).
 
-Quantized back-propagation (value-aware training, ECCV 2018, saves training memory this way): the
-activations autograd keeps for the backward pass are stored as b-bit codes plus full-precision outliers (``compress_for_backward``,
-``CompressedSavedActivations``). Introduced in notebook 06 (sub-8-bit methods).
+Quantized back-propagation (value-aware training, ECCV 2018, saves training memory this way):
+the activations autograd keeps for the backward pass are stored as b-bit codes plus the outliers
+in full precision (``compress_for_backward``, ``CompressedSavedActivations``).
+
+Introduced in notebook 06 (sub-8-bit methods).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpqlab.errors import BitWidthError, TensorValueError, check_bits, check_fraction, check_tensor
+from mpqlab.errors import BitWidthError, QuantParamError, TensorValueError, check_bits, check_fraction, check_tensor
 from mpqlab.quant.quantizer import Quantizer
 
 
@@ -71,7 +73,7 @@ def outlier_quantize(x: torch.Tensor, bits: int, threshold: float, signed: bool 
     q_max = q_max_for(bits, signed)
     check_tensor(x)
     if not math.isfinite(threshold) or threshold < 0:
-        raise TensorValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        raise QuantParamError(f"threshold must be a finite number >= 0, got {threshold!r}")
     xd = x.detach()
     outliers = (xd.abs() if signed else xd) > threshold
     scale = threshold / q_max
@@ -107,7 +109,8 @@ class OutlierQuantizer(Quantizer):
         if self.momentum is not None:
             if self.training or int(self.num_batches) == 0:
                 first = int(self.num_batches) == 0
-                self.running_threshold.fill_(t if first else (1 - self.momentum) * float(self.running_threshold) + self.momentum * t)
+                old = float(self.running_threshold)
+                self.running_threshold.fill_(t if first else (1 - self.momentum) * old + self.momentum * t)
                 self.num_batches += 1
             t = float(self.running_threshold)
         result = outlier_quantize(x, self.bits, t, self.signed)
@@ -155,7 +158,8 @@ class CompressedTensor:
     @property
     def nbytes(self) -> int:
         """Bytes actually held by the tensors above."""
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.outlier_index, self.outlier_value, self.scale))
+        held = (self.packed, self.outlier_index, self.outlier_value, self.scale)
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def compress_for_backward(x: torch.Tensor, bits: int = 3, ratio: float = 0.02) -> CompressedTensor:
@@ -163,7 +167,8 @@ def compress_for_backward(x: torch.Tensor, bits: int = 3, ratio: float = 0.02) -
     bits = check_bits(bits, high=8)
     x = check_tensor(x).detach()
     if bool((x < 0).any()):
-        raise TensorValueError(f"compress_for_backward stores non-negative (post-ReLU) tensors; min is {float(x.min())!r}")
+        raise TensorValueError(f"compress_for_backward stores non-negative (post-ReLU) tensors; "
+                               f"min is {float(x.min())!r}")
     r = outlier_quantize(x, bits, outlier_threshold(x, ratio, signed=False), signed=False)
     codes = torch.round(r.x_hat / (r.scale or 1.0)).clamp(0, 2**bits - 1).to(torch.uint8)  # outliers clamp, unused
     index = torch.nonzero(r.outliers.flatten()).flatten()

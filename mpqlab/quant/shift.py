@@ -98,7 +98,10 @@ def bitshift(m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def pow2_exponents(a: torch.Tensor):
-    """(sign, k) with a = sign * 2^k (sign in {-1, 0, 1}, k = 0 where a == 0); TensorValueError if some a is not 0 or +-2^k."""
+    """(sign, k) with a = sign * 2^k (sign in {-1, 0, 1}, k = 0 where a == 0).
+
+    Raises TensorValueError if some a is not 0 or +-2^k.
+    """
     a = check_tensor(torch.as_tensor(a), name="a").to(torch.float64)
     mantissa, exponent = torch.frexp(a)
     bad = (mantissa.abs() != 0.5) & (a != 0)
@@ -123,7 +126,8 @@ def shift_matmul(w_fixed: torch.Tensor, frac_bits: int, a_sign: torch.Tensor, a_
     top = max(0, int(used.max())) if used.numel() else 0
     need = int(w_fixed.abs().max()).bit_length() + g + top + max(1, w_fixed.shape[-1]).bit_length()
     if need > _INT_BITS:
-        raise QuantParamError(f"the sum needs {need} bits, more than the {_INT_BITS} an int64 holds; use fewer frac_bits")
+        raise QuantParamError(f"the sum needs {need} bits, more than the {_INT_BITS} an int64 holds; "
+                              "use fewer frac_bits or a narrower exponent range")
     wide = w_fixed.to(torch.int64) << g  # (O, I): g more fractional bits, so the right shifts below are exact
     products = bitshift(wide[None, :, :], a_exp[:, None, :]) * a_sign[:, None, :]  # (N, O, I)
     return products.sum(-1), frac_bits + g  # (N, O)
@@ -136,8 +140,12 @@ def shift_linear(a_hat: torch.Tensor, w: torch.Tensor, frac_bits: int) -> torch.
     return from_fixed(acc, out_frac)
 
 
-def shift_conv2d(a_hat: torch.Tensor, w: torch.Tensor, frac_bits: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
-    """conv2d(a_hat, w) by shift-and-accumulate (float64, no bias, groups=1), via unfold: each output pixel is one dot product."""
+def shift_conv2d(a_hat: torch.Tensor, w: torch.Tensor, frac_bits: int,
+                 stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """conv2d(a_hat, w) by shift-and-accumulate (float64, no bias, groups=1).
+
+    Via unfold: each output pixel is one dot product of a kernel-sized patch with each filter.
+    """
     n, _, h, wd = a_hat.shape  # (N, C, H, W)
     o, _, kh, kw = w.shape  # (O, C, kh, kw)
     cols = F.unfold(a_hat.to(torch.float64), (kh, kw), padding=padding, stride=stride)  # (N, C*kh*kw, L)
