@@ -16,7 +16,7 @@ from mpqlab.quant.uniform import (
     qparams_from_range, quant_range, quantize,
 )
 
-SETTINGS = settings(max_examples=150, deadline=None)
+SETTINGS = settings(max_examples=100, deadline=None)
 values = arrays(np.float32, st.integers(1, 64), elements=st.floats(-1e3, 1e3, width=32))
 
 
@@ -144,6 +144,7 @@ def test_properties(x, grid):
     assert (err <= s / 2 * (1 + 1e-5) + 1e-6 * x.abs()[inside]).all()
     q = quantize(x, scale, zero_point, q_min, q_max)
     assert q.unique().numel() <= 2**bits and q.min() >= q_min and q.max() <= q_max
+    assert torch.equal(quantize(dequantize(q, scale, zero_point), scale, zero_point, q_min, q_max), q)
     assert fake_quantize(torch.zeros(1), scale, zero_point, q_min, q_max).item() == 0.0
 
 

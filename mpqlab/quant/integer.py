@@ -2,20 +2,21 @@
 Integer-Arithmetic-Only Inference", Sec. 2): a quantized layer computed with integers alone.
 
 With ``x = s_x (q_x - z_x)``, ``w = s_w (q_w - z_w)`` and ``y = s_y (q_y - z_y)``, a linear layer
-``y = W x + b`` becomes (their eq. 4 with a bias)
+``y = W x + b`` becomes (their Sec. 2.2, with the int32 bias of Sec. 2.4)
 
-    acc = sum_k (q_w - z_w)(q_x - z_x) + q_b               int8 x int8 products, int32 sums
+    acc = sum_k (q_w - z_w)(q_x - z_x) + q_b               8-bit x 8-bit products, int32 sums
     q_y = clamp(z_y + M * acc, q_min, q_max),   M = s_x s_w / s_y
 
 where the bias is stored as int32 with scale ``s_x s_w`` and zero point 0: ``q_b = round(b / (s_x s_w))``.
 The one real number left, ``M``, is written as ``M = M0 * 2^(-shift)`` with ``M0`` in [0.5, 1) held as
-the int32 ``m0 = round(M0 * 2^31)``, so ``M * acc`` is an integer multiply and a shift (their eq. 6).
+the int32 ``m0 = round(M0 * 2^31)``, so ``M * acc`` is an integer multiply and a shift.
 Rounding follows gemmlowp: the multiply keeps the high 32 bits of the doubled 64-bit product rounded to
 nearest (ties away from zero), and the shift rounds to nearest, ties away from zero.
 
-Jacob et al. expand the zero points (their eq. 7) so the inner loop multiplies raw uint8 values; here we
-subtract them first, which gives the same integers and reads like the formula. Torch has no int32
-matmul on CPU, so we accumulate in int64 tensors; the tests check every value fits in int32.
+Jacob et al. expand the zero points (Sec. 2.3) so the inner loop multiplies raw uint8 values; here we
+subtract them first, which gives the same integers and reads like the formula. We hold the integers in
+int64 tensors: an int32 overflow would then show up as a value outside the int32 range (the tests check
+none does) instead of silently wrapping around, and the requantizing product needs 64 bits anyway.
 Introduced in notebook 01.
 """
 
