@@ -144,6 +144,9 @@ def test_lazy_initialisation():
     assert lsq_init_step(x, 15) == pytest.approx(float(q.step.detach()))
     q(x * 100)  # later batches do not re-initialise
     assert float(q.step.detach()) == pytest.approx(2 * 8.0 / 6 / math.sqrt(15))
+    q.load_state_dict(LSQQuantizer(4, "act").state_dict())  # an uninitialised state: initialise again
+    q(x * 100)
+    assert float(q.step.detach()) == pytest.approx(200 * 8.0 / 6 / math.sqrt(15))
 
 
 def test_bit_options_have_their_own_lazily_initialised_steps():

@@ -139,6 +139,9 @@ class LSQQuantizer(Quantizer):
         self.steps = nn.ParameterDict({str(b): nn.Parameter(torch.tensor(1.0)) for b in self.bit_options})
         self.register_buffer("initialized", torch.zeros(len(self.bit_options), dtype=torch.bool))
         self._active_bits = self.bits
+        # Python mirror of `initialized`, so that torch.compile does not break the graph reading a tensor every call
+        self._ready: set[int] = set()
+        self.register_load_state_dict_post_hook(_forget_ready)
         if init_step is not None:
             with torch.no_grad():
                 self.step.fill_(check_positive(init_step, name="init_step"))
@@ -164,9 +167,12 @@ class LSQQuantizer(Quantizer):
         if x.numel() == 0:
             raise TensorValueError(f"LSQ got an empty tensor of shape {tuple(x.shape)}: nothing to quantize")
         q_min, q_max = lsq_range(self.bits, self.signed)
-        index = self.bit_options.index(self.bits)
-        if not bool(self.initialized[index]):
-            self._initialize(x, q_max, index)
+        if self.bits not in self._ready:
+            index = self.bit_options.index(self.bits)
+            if not bool(self.initialized[index]):
+                self._initialize(x, q_max, index)
+            if bool(self.initialized[index]):
+                self._ready.add(self.bits)
         g = 1.0
         if self.grad_scale:
             n = x.numel() if self.role == "weight" or x.dim() < 2 else x[0].numel()
@@ -184,6 +190,10 @@ class LSQQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, role={self.role}, signed={self.signed}, bit_options={self.bit_options}"
+
+
+def _forget_ready(module: LSQQuantizer, incompatible_keys) -> None:
+    module._ready.clear()  # a loaded state may say differently
 
 
 def lsq_weight_quantizer(bits: int, name: str = "", layer: nn.Module | None = None) -> LSQQuantizer:

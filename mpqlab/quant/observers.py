@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mpqlab.errors import QuantParamError, check_bits, check_fraction, check_tensor
-from mpqlab.quant.uniform import fake_quantize, qparams_from_range, quant_range
+from mpqlab.quant.uniform import checks_enabled, fake_quantize, qparams_from_range, quant_range
 
 
 def channel_rows(x: torch.Tensor, ch_axis: int | None) -> torch.Tensor:
@@ -55,7 +55,8 @@ class Observer(nn.Module):
         return quant_range(self.bits, self.signed, self.narrow)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x)
+        if checks_enabled():  # skipped only while torch.compile traces (see uniform.checks_enabled)
+            check_tensor(x)
         with torch.no_grad():
             self.observe(channel_rows(x.detach(), self.ch_axis))  # (C, N)
         return x

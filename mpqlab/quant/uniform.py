@@ -20,6 +20,15 @@ from mpqlab.errors import BitWidthError, QuantParamError, check_bits, check_tens
 from mpqlab.quant.quantizer import Quantizer
 
 
+def checks_enabled() -> bool:
+    """False while ``torch.compile`` traces: value checks read tensors back (``bool(t)``), which breaks the graph.
+
+    The checks still run in eager mode, where learners meet the errors; a compiled model is one that
+    has already run eagerly.
+    """
+    return not torch.compiler.is_compiling()
+
+
 def quant_range(bits: int, signed: bool = False, narrow: bool = False) -> tuple[int, int]:
     """The integer grid ``(q_min, q_max)`` of a ``bits``-bit format.
 
@@ -53,10 +62,11 @@ def qparams_from_range(x_min, x_max, bits: int, symmetric: bool = False, signed:
     q_min, q_max = quant_range(bits, signed, narrow)
     x_min = torch.as_tensor(x_min, dtype=torch.float32)
     x_max = torch.as_tensor(x_max, dtype=torch.float32)
-    if not (bool(torch.isfinite(x_min).all()) and bool(torch.isfinite(x_max).all())):
-        raise QuantParamError(f"x_min and x_max must be finite, got {x_min.tolist()} and {x_max.tolist()}")
-    if bool((x_min > x_max).any()):
-        raise QuantParamError(f"x_min must be <= x_max, got {x_min.tolist()} > {x_max.tolist()}")
+    if checks_enabled():
+        if not (bool(torch.isfinite(x_min).all()) and bool(torch.isfinite(x_max).all())):
+            raise QuantParamError(f"x_min and x_max must be finite, got {x_min.tolist()} and {x_max.tolist()}")
+        if bool((x_min > x_max).any()):
+            raise QuantParamError(f"x_min must be <= x_max, got {x_min.tolist()} > {x_max.tolist()}")
     x_min, x_max = x_min.clamp(max=0.0), x_max.clamp(min=0.0)  # widen to contain 0
     if symmetric and signed:
         span, levels = torch.maximum(-x_min, x_max), (q_max - q_min) / 2
@@ -75,17 +85,20 @@ def qparams_from_range(x_min, x_max, bits: int, symmetric: bool = False, signed:
 
 def _broadcast_qparams(x: torch.Tensor, scale, zero_point, q_min: int, q_max: int, ch_axis: int | None):
     """Validate the qparams and shape them to broadcast against ``x``: () per-tensor, (1, C, 1, 1) per-channel."""
-    check_tensor(x)
+    if checks_enabled():
+        check_tensor(x)
     if not (isinstance(q_min, int) and isinstance(q_max, int) and q_min < q_max):
         raise QuantParamError(f"need integers q_min < q_max, got q_min={q_min!r}, q_max={q_max!r}")
     scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
     zero_point = torch.as_tensor(zero_point, device=x.device)
-    if not bool((torch.isfinite(scale) & (scale > 0)).all()):
-        raise QuantParamError(f"scale must be positive and finite, got {scale.tolist()}")
-    if zero_point.is_floating_point() and not bool((zero_point == zero_point.round()).all()):
-        raise QuantParamError(f"zero_point must hold integers, got {zero_point.tolist()}")
-    if bool(((zero_point < q_min) | (zero_point > q_max)).any()):
-        raise QuantParamError(f"zero_point must lie in [q_min, q_max] = [{q_min}, {q_max}], got {zero_point.tolist()}")
+    if checks_enabled():
+        if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+            raise QuantParamError(f"scale must be positive and finite, got {scale.tolist()}")
+        if zero_point.is_floating_point() and not bool((zero_point == zero_point.round()).all()):
+            raise QuantParamError(f"zero_point must hold integers, got {zero_point.tolist()}")
+        if bool(((zero_point < q_min) | (zero_point > q_max)).any()):
+            raise QuantParamError(f"zero_point must lie in [q_min, q_max] = [{q_min}, {q_max}], "
+                                  f"got {zero_point.tolist()}")
     if ch_axis is None:
         if scale.numel() != 1 or zero_point.numel() != 1:
             raise QuantParamError(f"per-tensor quantization needs one scale and zero_point, got {scale.numel()} "
