@@ -25,17 +25,18 @@ from mpqlab.quant.policy import quantize_model, uniform_policy
 def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median wall time in seconds of each ``fn()``, after ``warmup`` untimed calls of each.
 
-    The candidates take turns within every repeat, so a change in machine load (the course machines are
-    shared) hits them all alike instead of biasing whichever happened to run during it.
+    The candidates take turns within every repeat (in a rotating order), so a change in machine load (the
+    course machines are shared) hits them all alike instead of biasing whichever happened to run during it.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 

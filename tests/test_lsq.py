@@ -189,6 +189,11 @@ def test_bad_inputs():
     with pytest.raises(TensorValueError, match="NaN"):
         LSQQuantizer(4, "act")(torch.tensor([1.0, float("nan")]))
     q = LSQQuantizer(4, "act", init_step=0.5)
+    with torch.no_grad():
+        q.step.fill_(-0.02)  # what a too-large learning rate can do
+    with pytest.raises(QuantParamError, match="-0.02"):
+        q(torch.ones(3))
+    q = LSQQuantizer(4, "act", init_step=0.5)
     x = torch.tensor([1.0, float("nan")], requires_grad=True)
     with pytest.raises(TensorValueError, match="NaN/Inf"):
         q(x).sum().backward()
@@ -259,3 +264,7 @@ def test_lsq_plus_quantizer_learns_offset_and_reinitialises_on_new_bits():
         LSQPlusQuantizer(1, "weight")
     with pytest.raises(TensorValueError):
         LSQPlusQuantizer(4, "act")(torch.empty(0))
+    with torch.no_grad():
+        q.step.fill_(0.0)
+    with pytest.raises(QuantParamError):
+        q(x)

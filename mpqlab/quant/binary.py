@@ -15,7 +15,7 @@ every input is >= 0 and ``sign`` maps them all to +1: on the workbook's ReLU mod
 
 Why binary is fast: with ``+1 -> 1`` and ``-1 -> 0`` the dot product of two ``n``-vectors of +-1 is
 ``2 popcount(XNOR(a, w)) - n``: matching bits contribute +1, the others -1 (see ``xnor_popcount_dot``).
-Notebook 07 (binary networks) introduces this module.
+Introduced in the binary-networks notebook.
 """
 
 from __future__ import annotations
@@ -67,12 +67,16 @@ class BinaryActQuantizer(Quantizer):
 
 
 def binary_weight_quantizer(bits: int, name: str = "", layer: nn.Module | None = None) -> Quantizer:
-    """Factory for ``quantize_model``: binary weights at 1 bit, LSQ weights at any other bit-width (first/last layers)."""
+    """Factory for ``quantize_model``: binary weights at 1 bit, LSQ weights otherwise (the first and last layers)."""
     return BinaryWeightQuantizer() if bits == 1 else LSQQuantizer(bits, "weight")
 
 
 def binary_act_quantizer(bits: int, name: str = "", layer: nn.Module | None = None) -> Quantizer:
-    """Factory for ``quantize_model``: sign activations at 1 bit, signed LSQ otherwise (a first layer's input image can be negative)."""
+    """Factory for ``quantize_model``: sign activations at 1 bit, otherwise a *signed* LSQ quantizer.
+
+    Signed, because the first layer's input (a normalised image) can be negative; at 8 bits the spare
+    sign bit costs little after a ReLU.
+    """
     return BinaryActQuantizer() if bits == 1 else LSQQuantizer(bits, "act", signed=True)
 
 
@@ -90,7 +94,7 @@ _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.in
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Pack a {0, 1} tensor ``(..., n)`` into bytes ``(..., ceil(n / 8))``, first bit in the high position; pads with 0."""
+    """Pack a {0, 1} tensor ``(..., n)`` into bytes ``(..., ceil(n / 8))``, first bit highest, padded with 0."""
     n = bits.shape[-1]
     pad = (-n) % 8
     b = torch.nn.functional.pad(bits.to(torch.int64), (0, pad)).reshape(*bits.shape[:-1], -1, 8)  # (..., n_bytes, 8)

@@ -24,7 +24,7 @@ The step starts at ``s = 2 mean(|v|) / sqrt(Q_P)``, computed on the first tensor
 LIMPQ (Tang et al. 2022) keeps one step per candidate bit-width and reads the learned steps as layer
 importance indicators: pass ``bit_options=[2, 3, 4, 5, 6]``; setting ``.bits`` selects the active
 step, each initialised the first time it is used, and ``step_sizes()`` returns them all.
-Notebook 06 (learnable quantizers) introduces this module.
+Introduced in the learnable-quantization notebook (PACT, QIL, LSQ, LSQ+).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from mpqlab.errors import BitWidthError, TensorValueError, check_bits, check_positive
+from mpqlab.errors import BitWidthError, QuantParamError, TensorValueError, check_bits, check_positive
 from mpqlab.quant.quantizer import Quantizer
 from mpqlab.quant.ste import round_ste
 
@@ -49,6 +49,13 @@ def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
 def lsq_init_step(x: torch.Tensor, q_max: int) -> float:
     """LSQ's initial step ``s = 2 mean(|x|) / sqrt(Q_P)``."""
     return 2.0 * float(x.detach().abs().mean()) / math.sqrt(q_max)
+
+
+def check_step(step: torch.Tensor) -> None:
+    """Raise QuantParamError if a learned step size is no longer positive (skipped inside torch.compile)."""
+    if not torch.compiler.is_compiling() and not float(step.detach()) > 0:
+        raise QuantParamError(f"the step size must stay positive, it is now {float(step.detach()):.4g}; "
+                              "lower the learning rate of the quantizer parameters")
 
 
 class _LSQFunction(torch.autograd.Function):
@@ -173,6 +180,7 @@ class LSQQuantizer(Quantizer):
                 self._initialize(x, q_max, index)
             if bool(self.initialized[index]):
                 self._ready.add(self.bits)
+        check_step(self.step)
         g = 1.0
         if self.grad_scale:
             n = x.numel() if self.role == "weight" or x.dim() < 2 else x[0].numel()
@@ -208,6 +216,7 @@ def lsq_act_quantizer(bits: int, name: str = "", layer: nn.Module | None = None)
 
 def check_finite_grads(model: nn.Module) -> None:
     """Raise TensorValueError naming every parameter whose gradient holds NaN or Inf (call after ``backward``)."""
-    bad = [name for name, p in model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    bad = [name for name, p in model.named_parameters()
+           if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     if bad:
         raise TensorValueError(f"non-finite gradients (NaN/Inf) in {len(bad)} parameter(s): {', '.join(bad)}")

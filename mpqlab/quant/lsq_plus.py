@@ -17,7 +17,7 @@ Initialisation (computed on the first tensor seen, like LSQ's):
 - weights (symmetric, no offset): ``s = max(|mu - 3 sigma|, |mu + 3 sigma|) / 2^(b-1)``.
 
 Changing ``bits`` re-initialises on the next forward pass: a step learned for one grid does not fit another.
-Notebook 06 (learnable quantizers) introduces this module.
+Introduced in the learnable-quantization notebook (PACT, QIL, LSQ, LSQ+).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mpqlab.errors import TensorValueError
-from mpqlab.quant.lsq import lsq_quantize, lsq_range
+from mpqlab.quant.lsq import check_step, lsq_quantize, lsq_range
 from mpqlab.quant.quantizer import Quantizer
 
 
@@ -83,6 +83,7 @@ class LSQPlusQuantizer(Quantizer):
         q_min, q_max = lsq_range(self.bits, signed=self.role == "weight")
         if not bool(self.initialized):
             self._initialize(x.detach(), q_min, q_max)
+        check_step(self.step)
         g = 1.0
         if self.grad_scale:
             n = x.numel() if self.role == "weight" or x.dim() < 2 else x[0].numel()

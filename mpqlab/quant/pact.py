@@ -20,7 +20,7 @@ Weights: the paper quantizes them with DoReFa-Net (Zhou et al. 2016),
 
 a grid of ``2^k`` levels in ``[-1, 1]``. ``output_scale="max_abs"`` multiplies ``w_q`` by ``max|w|``
 (a constant for autograd) so a pretrained layer keeps the size of its weights; "normalized" keeps [-1, 1].
-Notebook 06 (learnable quantizers) introduces this module.
+Introduced in the learnable-quantization notebook (PACT, QIL, LSQ, LSQ+).
 """
 
 from __future__ import annotations

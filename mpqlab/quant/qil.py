@@ -21,7 +21,7 @@ value keeps its float size, which matters for a layer with no batch norm after i
 
 We start the interval at ``[0, max|x|]`` (``c = d = max|x| / 2``: nothing pruned or clipped) on the
 first tensor seen, and ``gamma = 1``. The paper trains progressively, full precision -> 5 -> 4 -> 3 -> 2
-bits: see ``progressive_schedule`` and ``set_bits``. Notebook 06 (learnable quantizers) introduces this module.
+bits: see ``progressive_schedule`` and ``set_bits``. Introduced in the learnable-quantization notebook.
 """
 
 from __future__ import annotations
