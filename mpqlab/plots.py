@@ -35,10 +35,11 @@ def macs_bar(table, title: str = "", ax=None, log: bool = False):
     colors = [KIND_COLORS[k] for k in table.kind]
     ax.bar(range(len(table)), table.macs / 1e6, color=colors, log=log)
     ax.set_xticks(range(len(table)))
-    ax.set_xticklabels([n.replace(".conv", "") for n in table.index], rotation=90, fontsize=7)
+    ax.set_xticklabels([n.removesuffix(".conv") for n in table.index], rotation=90, fontsize=7)
     ax.set_ylabel("MACs (millions)")
-    ax.set_title(title)
+    ax.set_title(title, loc="right")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLORS.items() if k in set(table.kind)]
-    ax.legend(handles, [k for k in KIND_COLORS if k in set(table.kind)], fontsize=8, frameon=False)
+    ax.legend(handles, [k for k in KIND_COLORS if k in set(table.kind)], fontsize=8, frameon=False,
+              loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4)
     ax.figure.tight_layout()
     return ax.figure

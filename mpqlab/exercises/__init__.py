@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import math
 
+FAILED = object()  # what ``Check.run`` returns when the learner's function raised
+
 
 class Check:
     """Collects the outcome of one exercise's cases and prints the verdict."""
@@ -20,11 +22,14 @@ class Check:
         self.failures: list[str] = []
 
     def expect(self, ok: bool, message: str) -> None:
+        """Record ``message`` as a failure unless ``ok``."""
         if not ok:
             self.failures.append(message)
 
     def close(self, to=None, value=None, message: str = "", rel: float = 1e-6, abs_: float = 1e-9) -> None:
         """Expect ``to`` and ``value`` to be equal numbers (within tolerance)."""
+        if to is FAILED:
+            return  # the exception is already reported
         try:
             ok = math.isclose(float(to), float(value), rel_tol=rel, abs_tol=abs_)
         except (TypeError, ValueError):
@@ -36,10 +41,12 @@ class Check:
         try:
             return fn(*args)
         except NotImplementedError:
-            self.failures.append("the function still raises NotImplementedError: fill in your solution")
+            message = "the function still raises NotImplementedError: fill in your solution"
+            if message not in self.failures:
+                self.failures.append(message)
         except Exception as err:  # the learner's code may raise anything
             self.failures.append(f"calling it with {args!r} raised {type(err).__name__}: {err}")
-        return None
+        return FAILED
 
     def verdict(self, hint: str = "") -> bool:
         if self.failures:
