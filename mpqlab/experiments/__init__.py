@@ -1,0 +1,1 @@
+"""Committed scripts that precompute results shipped in data/results/."""
