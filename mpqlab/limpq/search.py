@@ -119,6 +119,30 @@ class SearchResult:
         return d
 
 
+def undominated_pairs(ind: Indicators, name: str, options: list[int], alpha: float,
+                      with_size: bool = True) -> list[tuple[int, int]]:
+    """The allowed (b_w, b_a) of one layer that no other allowed pair dominates.
+
+    Pair q dominates p if q costs no more (s_a + alpha * s_w), needs no more BitOps (b_w * b_a) and,
+    when a size budget is set, no more weight bits (b_w), and differs from p in at least one of them
+    (of exact ties the first, highest-bit pair stays). Swapping p for q in any feasible policy keeps it
+    feasible and never raises the objective, so the optimum uses undominated pairs only: the ILP
+    stays exact and gets smaller (e.g. (2, 6), (3, 4), (4, 3), (6, 2) have near-equal BitOps).
+    """
+    s_w, s_a = ind.weight_indicators[name], ind.act_indicators[name]
+    pairs = [(bw, ba) for bw in allowed_bits(s_w, options) for ba in allowed_bits(s_a, options)]
+    # In order of (cost, BitOps, size), every dominator of p comes before p, and dominance is
+    # transitive: comparing p with the pairs kept so far is enough.
+    order = sorted(pairs, key=lambda p: (s_a[p[1]] + alpha * s_w[p[0]], p[0] * p[1], p[0] if with_size else 0,
+                                         -p[0], -p[1]))
+    kept: list[tuple[int, int]] = []
+    for bw, ba in order:
+        if not any(kw * ka <= bw * ba and (kw <= bw or not with_size) for kw, ka in kept):
+            kept.append((bw, ba))
+    chosen = set(kept)
+    return [p for p in pairs if p in chosen]
+
+
 def _exact_row(coeffs: list[int], rhs: float) -> tuple[list[int], int]:
     """``sum c_i x_i <= rhs`` with integer c_i, divided by g = gcd(c) and rounded down on the right.
 
@@ -133,7 +157,7 @@ def _solver(name: str):
     if name == "highs":  # HiGHS through its Python API (highspy): no binary needed, zero gaps = exact
         # Restarts after reduced-cost fixing cost more CPU than they save on these small ILPs
         # (about 1.5x when this was written, HiGHS 1.15). Exactness is unaffected.
-        return pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0, mip_allow_restart=False)
+        return pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0, mip_allow_restart=False, threads=1)
     if name == "cbc":  # PuLP's bundled CBC with default options, as LIMPQ's script runs it
         return pulp.PULP_CBC_CMD(msg=False)
     raise QuantParamError(f"solver must be 'highs' or 'cbc', got {name!r}")
@@ -182,8 +206,7 @@ def solve_policy(indicators: Indicators, bit_options, bitops_budget: float | Non
 
     # One binary per layer and allowed pair (b_w, b_a), with cost c = s_a[b_a] + alpha * s_w[b_w].
     pairs = [(i, bw, ba) for i, n in enumerate(names)
-             for bw in allowed_bits(ind.weight_indicators[n], options)
-             for ba in allowed_bits(ind.act_indicators[n], options)]
+             for bw, ba in undominated_pairs(ind, n, options, alpha, size_budget_bits is not None)]
     cost = [ind.act_indicators[names[i]][ba] + alpha * ind.weight_indicators[names[i]][bw] for i, bw, ba in pairs]
     # Shift each layer's costs to start at 0 and scale all into [0, 1]: the same argmin, but the
     # solver's absolute tolerances (~1e-7) are then far below the gaps between policies.

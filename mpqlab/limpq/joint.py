@@ -1,0 +1,226 @@
+"""LIMPQ's joint training: every layer's importance indicators for every bit-width, from one run.
+
+Tang et al., "Mixed-Precision Neural Network Quantization via Learned Layer-wise Importance",
+ECCV 2022, Sec. 3.4. Each searchable layer l (every conv but the first; the first conv and the
+classifier stay at 8 bits) holds one LSQ step size per candidate bit-width b, for its weights,
+s_w[l][b], and for its input activations, s_a[l][b]. One training step is n + 1 passes:
+
+    for b in bit_options:   every searchable layer at b        -> forward, backward
+    once more:               a random (b_w, b_a) per layer      -> forward, backward
+    optimizer.step()         on the gradients summed over the n + 1 passes
+
+The random pass (borrowed from one-shot NAS) lets a layer's step at b meet neighbours at other
+bit-widths. After training, the step sizes *are* the indicators: a larger step at b means the layer
+squeezes more distinct values into one level at that bit-width, so it matters more (Sec. 3.3).
+``bn_per_bits=True`` gives each searchable layer one BatchNorm per weight bit-width (the paper's
+option): the statistics of a 2-bit conv's outputs differ from those of a 6-bit one.
+Notebook 10 runs this; ``python -m mpqlab.experiments.limpq_indicators`` ships its result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mpqlab.cost import layer_table
+from mpqlab.errors import PolicyError, check_bits
+from mpqlab.limpq.indicators import FixedLayer, Indicators
+from mpqlab.quant.lsq import LSQQuantizer
+from mpqlab.quant.policy import quantizable_layers, quantize_model
+
+
+@dataclass
+class JointConfig:
+    bit_options: tuple = (2, 3, 4, 5, 6)  # candidate bit-widths, for weights and activations alike
+    fixed_bits: int = 8  # first conv and classifier (LIMPQ keeps them at 8 bits)
+    steps: int = 200  # joint steps, each n + 1 forward/backward passes
+    batch_size: int = 128
+    lr: float = 1e-4  # Adam on weights and BatchNorm; cosine decay to 0
+    step_lr: float = 1e-3  # Adam on the LSQ step sizes: modest, or a step can turn negative
+    bn_per_bits: bool = False  # one BatchNorm per weight bit-width in every searchable layer
+    seed: int = 0  # data order and the random pass
+
+
+class SwitchableBatchNorm2d(nn.Module):
+    """One ``BatchNorm2d`` per bit-width (copies of a trained one); ``bits`` picks the active one."""
+
+    def __init__(self, bn: nn.BatchNorm2d, bit_options):
+        super().__init__()
+        self.norms = nn.ModuleDict({str(b): copy.deepcopy(bn) for b in bit_options})
+        self.bits = max(bit_options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W)
+        return self.norms[str(self.bits)](x)
+
+
+def searchable_layers(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(searchable, fixed) layer names: every conv/linear but the first and the last is searchable."""
+    names = quantizable_layers(model)
+    return names[1:-1], [names[0], names[-1]]
+
+
+def bn_name(conv_name: str) -> str:
+    """The BatchNorm after a conv, by the workbook's naming: ``dw3.conv -> dw3.bn``, ``layer1.0.conv2 -> layer1.0.bn2``."""
+    head, _, last = conv_name.rpartition(".")
+    return f"{head}.{last.replace('conv', 'bn')}" if head else last.replace("conv", "bn")
+
+
+def joint_model(fp_model: nn.Module, bit_options=(2, 3, 4, 5, 6), fixed_bits: int = 8,
+                bn_per_bits: bool = False) -> nn.Module:
+    """A copy of ``fp_model`` with multi-step LSQ quantizers (``LSQQuantizer(bit_options=...)``).
+
+    Searchable layers start at the highest option. The first conv sees normalised images, which are
+    signed, so its activation quantizer is signed; the classifier's input (after ReLU and pooling) is not.
+    """
+    options = sorted({check_bits(b, name="bit option", low=2) for b in bit_options})
+    searchable, (first, last) = searchable_layers(fp_model)
+
+    def weights(bits, name, layer):
+        return LSQQuantizer(bits, "weight", bit_options=options if name in searchable else None)
+
+    def acts(bits, name, layer):
+        return LSQQuantizer(bits, "act", signed=name == first, bit_options=options if name in searchable else None)
+
+    policy = {name: (max(options), max(options)) for name in searchable}
+    policy |= {first: (fixed_bits, fixed_bits), last: (fixed_bits, fixed_bits)}
+    model = quantize_model(fp_model, policy, weight_quantizer=weights, act_quantizer=acts)
+    if bn_per_bits:
+        for name in searchable:
+            parent, _, child = bn_name(name).rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            bn = getattr(owner, child, None)
+            if not isinstance(bn, nn.BatchNorm2d):
+                raise PolicyError(f"no BatchNorm2d named {bn_name(name)!r} after {name!r}; bn_per_bits needs one")
+            setattr(owner, child, SwitchableBatchNorm2d(bn, options))
+    return model
+
+
+def set_bits(model: nn.Module, w_bits: dict[str, int], a_bits: dict[str, int]) -> None:
+    """Switch layers to the given bit-widths (and their switchable BatchNorm to ``w_bits``)."""
+    modules = dict(model.named_modules())
+    for name, bits in w_bits.items():
+        modules[name].w_quantizer.bits = bits
+        bn = modules.get(bn_name(name))
+        if isinstance(bn, SwitchableBatchNorm2d):
+            bn.bits = bits
+    for name, bits in a_bits.items():
+        modules[name].a_quantizer.bits = bits
+
+
+def joint_step(model, layers: list[str], bit_options, images, labels, optimizer, rng: random.Random,
+               criterion=None) -> list[float]:
+    """One LIMPQ step: n uniform passes plus one random pass, gradients summed, one optimizer step.
+
+    Returns the n + 1 losses (uniform passes in ``bit_options`` order, then the random one).
+    """
+    criterion = criterion or nn.CrossEntropyLoss()
+    optimizer.zero_grad(set_to_none=True)
+    losses = []
+    settings = [({n: b for n in layers}, {n: b for n in layers}) for b in bit_options]
+    settings.append(({n: rng.choice(bit_options) for n in layers}, {n: rng.choice(bit_options) for n in layers}))
+    for w_bits, a_bits in settings:
+        set_bits(model, w_bits, a_bits)
+        loss = criterion(model(images), labels)
+        loss.backward()  # .grad accumulates over the passes
+        losses.append(loss.item())
+    optimizer.step()
+    return losses
+
+
+def make_optimizer(model: nn.Module, config: JointConfig) -> torch.optim.Optimizer:
+    """Adam with two groups: step sizes at ``step_lr``, everything else at ``lr``; no weight decay.
+
+    Adam moves a parameter by about its learning rate per step whatever the gradient's size, which
+    keeps the step sizes positive although the low-bit passes send them large gradients.
+    """
+    steps = [p for n, p in model.named_parameters() if ".steps." in n]
+    others = [p for n, p in model.named_parameters() if ".steps." not in n]
+    return torch.optim.Adam([{"params": others, "lr": config.lr}, {"params": steps, "lr": config.step_lr}])
+
+
+def init_steps(model: nn.Module, layers: list[str], bit_options, images: torch.Tensor) -> None:
+    """Initialise every step size (LSQ's 2 mean|v| / sqrt(Q_P)) with one no-grad pass per bit-width."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for b in bit_options:
+            set_bits(model, {n: b for n in layers}, {n: b for n in layers})
+            model(images)
+    model.train(was_training)
+
+
+def train_joint(fp_model: nn.Module, loader, config: JointConfig, device: str = "cpu"):
+    """Joint training from a float checkpoint; returns (model, history DataFrame with one row per step)."""
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    options = sorted(config.bit_options)
+    model = joint_model(fp_model, options, config.fixed_bits, config.bn_per_bits).to(device)
+    layers, _ = searchable_layers(model)
+    batches = iter(loader)
+    init_steps(model, layers, options, next(batches)[0].to(device))
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / config.steps)))
+    model.train()
+    rows, start = [], time.perf_counter()
+    for step in tqdm(range(config.steps), desc="joint training"):
+        try:
+            images, labels = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            images, labels = next(batches)
+        losses = joint_step(model, layers, options, images.to(device), labels.to(device), optimizer, rng)
+        scheduler.step()
+        rows.append({"step": step, **{f"loss_{b}bit": v for b, v in zip(options, losses)},
+                     "loss_random": losses[-1], "seconds": time.perf_counter() - start})
+    return model, pd.DataFrame(rows).set_index("step")
+
+
+def step_size_tables(model: nn.Module) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(weights, activations): DataFrames layer x bit-width of the learned step sizes (the indicators)."""
+    layers, _ = searchable_layers(model)
+    modules = dict(model.named_modules())
+    w = {n: modules[n].w_quantizer.step_sizes() for n in layers}
+    a = {n: modules[n].a_quantizer.step_sizes() for n in layers}
+    return pd.DataFrame(w).T.rename_axis("layer"), pd.DataFrame(a).T.rename_axis("layer")
+
+
+def indicators_from_model(model: nn.Module, fp_model: nn.Module, input_size=(1, 1, 32, 32)) -> Indicators:
+    """The trained steps as an ``Indicators`` object, with MACs and params from ``layer_table(fp_model)``."""
+    w, a = step_size_tables(model)
+    table = layer_table(fp_model, input_size)
+    layers, fixed = searchable_layers(model)
+    modules = dict(model.named_modules())
+    return Indicators(
+        layer_names=layers,
+        weight_indicators={n: {int(b): float(v) for b, v in w.loc[n].items()} for n in layers},
+        act_indicators={n: {int(b): float(v) for b, v in a.loc[n].items()} for n in layers},
+        layer_macs={n: int(table.macs[n]) for n in layers},
+        layer_params={n: int(table.params[n]) for n in layers},
+        fixed_layers={n: FixedLayer(int(table.macs[n]), int(table.params[n]), modules[n].w_quantizer.bits,
+                                    modules[n].a_quantizer.bits) for n in fixed},
+    )
+
+
+def lsq_policy_model(fp_model: nn.Module, policy: dict) -> nn.Module:
+    """A copy of ``fp_model`` with plain (one-step) LSQ quantizers at ``policy``'s bit-widths.
+
+    Used to fine-tune a searched policy; the first layer's activation quantizer is signed, as above.
+    """
+    first = quantizable_layers(fp_model)[0]
+
+    def weights(bits, name, layer):
+        return LSQQuantizer(bits, "weight")
+
+    def acts(bits, name, layer):
+        return LSQQuantizer(bits, "act", signed=name == first)
+
+    return quantize_model(fp_model, policy, weight_quantizer=weights, act_quantizer=acts)
+

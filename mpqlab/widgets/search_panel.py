@@ -1,0 +1,213 @@
+"""The LIMPQ search panel of notebook 10: budgets and bit options in, an optimal policy out, redrawn live.
+
+``search_state(indicators, bitops_budget, size_budget_bits, bit_options, alpha)`` is the pure
+function (tested in ``tests/test_widgets_search_panel.py``): it solves LIMPQ's ILP with
+``mpqlab.limpq.search.solve_policy`` and summarises the policy in one line,
+
+    BitOps: 12.34 M (budget 13.00 M), avg w_bits: 3.42, avg a_bits: 3.96, size: 0.123 MB, objective: 1.2345
+
+where BitOps count the searchable layers (like the budget), ``avg`` is the plain mean over the
+searchable layers and size counts every layer's weights. ``plot_policy`` draws per-layer bars of
+w_bits and a_bits, depthwise and pointwise in their colours. ``search_panel`` only wires sliders and
+check boxes to those two and shows an ``MpqlabError`` (an infeasible budget, no bit-width ticked) as a
+red message. ``pareto_plot`` draws accuracy against BitOps for the fine-tuned policies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+
+from mpqlab.errors import MpqlabError
+from mpqlab.limpq.indicators import Indicators
+from mpqlab.limpq.search import SearchResult, min_bitops, min_size_bits, solve_policy, uniform_budget
+from mpqlab.plots import KIND_COLORS
+
+
+def total_macs(indicators: Indicators) -> int:
+    """sum_l macs_l over the searchable layers."""
+    return sum(indicators.layer_macs[n] for n in indicators.layer_names)
+
+
+def equivalent_bits(indicators: Indicators, bitops: float) -> float:
+    """The uniform bit-width b with the same BitOps: b^2 * sum_l macs_l = bitops, b = sqrt(bitops / MACs)."""
+    return math.sqrt(bitops / total_macs(indicators))
+
+
+@dataclass
+class SearchState:
+    """One solve of the panel: the result and the summary lines it prints."""
+
+    result: SearchResult
+    bitops_budget: float
+    bit_options: list[int]
+
+    @property
+    def bits_used(self) -> list[int]:
+        """Distinct bit-widths (weights or activations) in the searched layers' policy."""
+        return sorted(set(self.result.weight_bits) | set(self.result.act_bits))
+
+    def summary(self, unit: float = 1e6, unit_name: str = "M") -> str:
+        r = self.result
+        n = len(r.layer_names)
+        return (f"BitOps: {r.bitops / unit:.2f} {unit_name} (budget {self.bitops_budget / unit:.2f} {unit_name}), "
+                f"avg w_bits: {sum(r.weight_bits) / n:.2f}, avg a_bits: {sum(r.act_bits) / n:.2f}, "
+                f"size: {r.size_bits / 8 / 1e6:.3f} MB, objective: {r.objective:.4f}\n"
+                f"bit-widths in policy: {self.bits_used}")
+
+
+def search_state(indicators: Indicators, bitops_budget: float, size_budget_bits: float | None,
+                 bit_options, alpha: float = 2.0) -> SearchState:
+    """Solve the ILP for the panel's settings; raises BitWidthError / InfeasibleBudgetError / QuantParamError."""
+    result = solve_policy(indicators, bit_options, bitops_budget, size_budget_bits, alpha)
+    return SearchState(result, bitops_budget, sorted(set(bit_options)))
+
+
+def plot_policy(result: SearchResult, kinds: dict[str, str], title: str = ""):
+    """Two bar charts over the searchable layers: w_bits and a_bits, coloured by layer kind."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 2.8), sharey=True)
+    colors = [KIND_COLORS.get(kinds.get(n, "conv"), "0.5") for n in result.layer_names]
+    labels = [n.replace(".conv", "") for n in result.layer_names]
+    for ax, bits, side in zip(axes, (result.weight_bits, result.act_bits), ("weight bits", "activation bits")):
+        ax.bar(range(len(bits)), bits, color=colors)
+        ax.set_xticks(range(len(bits)))
+        ax.set_xticklabels(labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(0, 9))
+        ax.set_ylim(0, 7)
+        ax.set_title(f"{title}{side}", fontsize=10)
+    present = [k for k in KIND_COLORS if k in set(kinds.get(n, "conv") for n in result.layer_names)]
+    axes[0].legend([plt.Rectangle((0, 0), 1, 1, color=KIND_COLORS[k]) for k in present], present,
+                   fontsize=7, frameon=False, loc="upper right", ncol=len(present))
+    fig.tight_layout()
+    return fig
+
+
+def render_search(indicators: Indicators, kinds: dict[str, str], bitops_budget: float,
+                  size_budget_bits: float | None, bit_options, alpha: float = 2.0):
+    """(state, figure, text), or (None, None, "Error: ...") when the settings have no solution."""
+    try:
+        state = search_state(indicators, bitops_budget, size_budget_bits, bit_options, alpha)
+    except MpqlabError as err:
+        return None, None, f"Error: {err}"
+    bits = equivalent_bits(indicators, state.result.bitops)
+    return state, plot_policy(state.result, kinds), f"{state.summary()}\nequivalent uniform bit-width: {bits:.2f}"
+
+
+def slider_ranges(indicators: Indicators, bit_options=(2, 3, 4, 5, 6)) -> dict:
+    """(min, max) of the BitOps slider in M and of the size slider in MB, for the full set of options."""
+    options = sorted(bit_options)
+    top = uniform_budget(indicators, options[-1], options[-1])
+    full_size = (indicators.total_params() * options[-1]
+                 + sum(f.params * (f.w_bits - options[-1]) for f in indicators.fixed_layers.values()))
+    return {"bitops_m": (min_bitops(indicators, options) / 1e6, top / 1e6),
+            "size_mb": (min_size_bits(indicators, options) / 8e6, full_size / 8e6)}
+
+
+def search_panel(indicators: Indicators, kinds: dict[str, str], bit_options=(2, 3, 4, 5, 6),
+                 start_bits: int = 4, alpha: float = 2.0, on_result=None):
+    """BitOps and size sliders, one check box per bit-width and an alpha slider, redrawing the policy.
+
+    ``on_result(state)`` (optional) receives every successful solve, e.g. to fine-tune it later.
+    Returns the widgets in a VBox (also displayed).
+    """
+    import ipywidgets as widgets
+    from IPython.display import HTML, display
+
+    ranges = slider_ranges(indicators, bit_options)
+    lo, hi = ranges["bitops_m"]
+    start = uniform_budget(indicators, start_bits, start_bits) / 1e6
+    bitops_slider = widgets.FloatSlider(value=start, min=math.ceil(lo * 10) / 10, max=math.floor(hi * 10) / 10,
+                                        step=round((hi - lo) / 100, 1) or 0.1, description="BitOps budget",
+                                        readout_format=".1f", continuous_update=False,
+                                        style={"description_width": "initial"}, layout={"width": "420px"})
+    bitops_unit = widgets.Label()
+    s_lo, s_hi = ranges["size_mb"]
+    size_slider = widgets.FloatSlider(value=math.ceil(s_hi * 1000) / 1000, min=math.floor(s_lo * 1000) / 1000,
+                                      max=math.ceil(s_hi * 1000) / 1000, step=0.001, description="size budget",
+                                      readout_format=".3f", continuous_update=False,
+                                      style={"description_width": "initial"}, layout={"width": "420px"})
+    alpha_slider = widgets.FloatSlider(value=alpha, min=0.0, max=5.0, step=0.1, description="alpha",
+                                       continuous_update=False)
+    boxes = {b: widgets.Checkbox(value=True, description=f"{b} bits", indent=False, layout={"width": "70px"})
+             for b in sorted(bit_options)}
+
+    def update(budget_m, size_mb, alpha, **ticked):
+        bitops_unit.value = f"M BitOps (= uniform {equivalent_bits(indicators, budget_m * 1e6):.2f} bits); size in MB"
+        options = [b for b in sorted(bit_options) if ticked[f"b{b}"]]
+        state, fig, text = render_search(indicators, kinds, budget_m * 1e6, size_mb * 8e6, options, alpha)
+        if state is None:
+            display(HTML(f'<pre style="color:#c0392b">{text}</pre>'))
+            return
+        if on_result is not None:
+            on_result(state)
+        print(text)
+        plt.show()
+
+    controls = {"budget_m": bitops_slider, "size_mb": size_slider, "alpha": alpha_slider}
+    controls |= {f"b{b}": box for b, box in boxes.items()}
+    out = widgets.interactive_output(update, controls)
+    panel = widgets.VBox([widgets.HBox([bitops_slider, bitops_unit]), widgets.HBox([size_slider, alpha_slider]),
+                          widgets.HBox(list(boxes.values())), out])
+    display(panel)
+    return panel
+
+
+def pareto_plot(points, ax=None, title: str = "accuracy vs BitOps"):
+    """Scatter of accuracy against BitOps (M): ``points`` is a list of dicts with keys
+    ``method`` (legend group), ``bitops``, ``accuracy`` and optionally ``label`` (annotated)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    styles = {"uniform": ("s", "0.3"), "random": ("x", "0.6"), "limpq": ("o", "C3"), "hessian": ("^", "C0"),
+              "live": ("*", "C2")}
+    for method in dict.fromkeys(p["method"] for p in points):
+        group = sorted((p for p in points if p["method"] == method), key=lambda p: p["bitops"])
+        marker, color = styles.get(method, ("D", "C4"))
+        xs, ys = [p["bitops"] / 1e6 for p in group], [100 * p["accuracy"] for p in group]
+        ax.plot(xs, ys, marker=marker, color=color, ls="-" if method in ("uniform", "limpq", "hessian") else "none",
+                ms=9 if method == "live" else 6, label=method)
+        for p, x, y in zip(group, xs, ys):
+            if p.get("label"):
+                ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("BitOps of the searchable layers (M)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def finetune_button(latest: dict, finetune, points: list, description: str = "fine-tune this policy"):
+    """A button that fine-tunes ``latest["state"]`` (the panel's last solve) and redraws the Pareto plot.
+
+    ``finetune(policy) -> accuracy`` does the work (its tqdm bar is the progress bar); the new point is
+    appended to ``points`` as method "live". Errors are shown as a red message.
+    """
+    import ipywidgets as widgets
+    from IPython.display import HTML, display
+
+    button = widgets.Button(description=description, button_style="primary", layout={"width": "220px"})
+    out = widgets.Output()
+
+    def on_click(_):
+        with out:
+            out.clear_output()
+            state = latest.get("state")
+            if state is None:
+                display(HTML('<pre style="color:#c0392b">Error: no feasible policy in the panel yet</pre>'))
+                return
+            try:
+                accuracy = finetune(state.result.policy)
+            except MpqlabError as err:
+                display(HTML(f'<pre style="color:#c0392b">Error: {err}</pre>'))
+                return
+            points.append({"method": "live", "bitops": state.result.bitops, "accuracy": accuracy,
+                           "label": f"{state.result.bitops / 1e6:.1f} M"})
+            print(f"fine-tuned policy: BitOps {state.result.bitops / 1e6:.2f} M, accuracy {100 * accuracy:.2f}%")
+            pareto_plot(points)
+            plt.show()
+
+    button.on_click(on_click)
+    display(widgets.VBox([button, out]))
+    return button

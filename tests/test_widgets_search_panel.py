@@ -1,0 +1,114 @@
+"""The LIMPQ search panel: the pure solve-and-summarise function, its error path, and the wiring."""
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from mpqlab.limpq.indicators import synthetic_indicators  # noqa: E402
+from mpqlab.limpq.search import min_bitops, solve_policy, uniform_budget  # noqa: E402
+from mpqlab.widgets.search_panel import (  # noqa: E402
+    equivalent_bits, pareto_plot, render_search, search_panel, search_state, slider_ranges,
+)
+
+OPTIONS = [2, 3, 4, 5, 6]
+SUMMARY = re.compile(r"^BitOps: \d+\.\d\d M \(budget \d+\.\d\d M\), avg w_bits: \d\.\d\d, avg a_bits: \d\.\d\d, "
+                     r"size: \d+\.\d\d\d MB, objective: -?\d+\.\d\d\d\d$")
+
+
+@pytest.fixture(scope="module")
+def ind():
+    return synthetic_indicators(12, OPTIONS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def kinds(ind):
+    return {n: ("depthwise" if i % 2 else "pointwise") for i, n in enumerate(ind.layer_names)}
+
+
+def test_summary_lines_have_the_documented_format(ind):
+    state = search_state(ind, uniform_budget(ind, 4, 4), None, OPTIONS)
+    first, second = state.summary().splitlines()
+    assert SUMMARY.match(first), first
+    assert second == f"bit-widths in policy: {state.bits_used}"
+    r = state.result
+    assert f"avg w_bits: {sum(r.weight_bits) / len(r.weight_bits):.2f}" in first
+    assert f"BitOps: {r.bitops / 1e6:.2f} M" in first
+
+
+def test_state_is_the_ilp_optimum_and_lower_budgets_cost_less(ind):
+    high = search_state(ind, uniform_budget(ind, 5, 5), None, OPTIONS)
+    low = search_state(ind, uniform_budget(ind, 3, 3), None, OPTIONS)
+    assert high.result.objective == solve_policy(ind, OPTIONS, uniform_budget(ind, 5, 5)).objective
+    assert low.result.bitops <= uniform_budget(ind, 3, 3) < high.result.bitops
+    assert low.result.objective > high.result.objective  # less budget can only cost importance
+
+
+def test_unticked_bit_width_disappears_from_the_policy(ind):
+    state = search_state(ind, uniform_budget(ind, 4, 4), None, [2, 3, 4, 5])
+    assert 6 not in state.bits_used
+    assert set(state.result.weight_bits) | set(state.result.act_bits) <= {2, 3, 4, 5}
+
+
+def test_size_budget_is_respected(ind):
+    free = search_state(ind, uniform_budget(ind, 5, 5), None, OPTIONS).result
+    state = search_state(ind, uniform_budget(ind, 5, 5), free.size_bits * 0.8, OPTIONS)
+    assert state.result.size_bits <= free.size_bits * 0.8
+
+
+def test_errors_become_a_message_not_an_exception(ind, kinds):
+    state, fig, text = render_search(ind, kinds, min_bitops(ind, OPTIONS) - 1, None, OPTIONS)
+    assert state is None and fig is None and text.startswith("Error:") and "below" in text
+    state, fig, text = render_search(ind, kinds, uniform_budget(ind, 4, 4), None, [])
+    assert state is None and text.startswith("Error:") and "empty" in text
+    state, fig, text = render_search(ind, kinds, uniform_budget(ind, 4, 4), None, OPTIONS, alpha=-1)
+    assert state is None and "alpha" in text
+
+
+def test_render_draws_two_bar_charts_and_reports_equivalent_bits(ind, kinds):
+    state, fig, text = render_search(ind, kinds, uniform_budget(ind, 4, 4), None, OPTIONS)
+    assert len(fig.axes) == 2 and len(fig.axes[0].patches) == len(ind.layer_names)
+    assert text.splitlines()[-1] == f"equivalent uniform bit-width: {equivalent_bits(ind, state.result.bitops):.2f}"
+    plt.close(fig)
+    assert equivalent_bits(ind, uniform_budget(ind, 3, 3)) == pytest.approx(3.0)
+
+
+def test_slider_ranges_span_the_reachable_budgets(ind):
+    r = slider_ranges(ind, OPTIONS)
+    assert r["bitops_m"] == (min_bitops(ind, OPTIONS) / 1e6, uniform_budget(ind, 6, 6) / 1e6)
+    assert r["size_mb"][0] < r["size_mb"][1]
+
+
+def test_pareto_plot_groups_by_method():
+    points = [{"method": "uniform", "bitops": 3e7, "accuracy": 0.8}, {"method": "uniform", "bitops": 5e7, "accuracy": 0.9},
+              {"method": "limpq", "bitops": 3e7, "accuracy": 0.85, "label": "W3A3"}]
+    fig = pareto_plot(points)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["uniform", "limpq"]
+    plt.close(fig)
+
+
+def test_panel_wires_every_control_and_shows_errors_in_red(ind, kinds, monkeypatch):
+    import ipywidgets as widgets
+
+    shown, calls = [], []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+
+    def fake_render(ind_, kinds_, budget, size, options, alpha):  # no solving: this test is about the wiring
+        calls.append((budget, size, options, alpha))
+        return None, None, "Error: stub"
+
+    monkeypatch.setattr("mpqlab.widgets.search_panel.render_search", fake_render)
+    panel = search_panel(ind, kinds, OPTIONS)
+    controls = {c.description: c for row in panel.children[:3] for c in row.children if hasattr(c, "description")}
+    assert {"BitOps budget", "size budget", "alpha", "2 bits", "6 bits"} <= set(controls)
+    assert calls[-1][0] == pytest.approx(uniform_budget(ind, 4, 4), rel=1e-9) and calls[-1][2] == OPTIONS
+    assert any("Error: stub" in getattr(obj, "data", "") and "color" in obj.data for obj in shown)
+    controls["6 bits"].value = False
+    assert calls[-1][2] == [2, 3, 4, 5]
+    controls["alpha"].value = 1.0
+    assert calls[-1][3] == 1.0
+    controls["BitOps budget"].value = controls["BitOps budget"].min
+    assert calls[-1][0] == pytest.approx(controls["BitOps budget"].min * 1e6)
