@@ -91,12 +91,27 @@ def test_observer_range_and_levels():
     ob = KLObserver(8)
     ob(x)
     scale, zero_point = ob.compute_qparams()
-    threshold = kl_calibration(x, 128, max_abs=x.max().item()).threshold
+    threshold = kl_calibration(x, 256, max_abs=x.max().item()).threshold  # unsigned grid, x >= 0: all 2^8 levels
     assert zero_point.item() == 0 and scale.item() == pytest.approx(threshold / 255, rel=1e-6)
     ob4 = KLObserver(4)
     ob4(x)
-    threshold4 = kl_calibration(x, 8, max_abs=x.max().item()).threshold  # 2^(4-1) = 8 levels
+    threshold4 = kl_calibration(x, 16, max_abs=x.max().item()).threshold  # 2^4 = 16 levels in [0, T]
     assert ob4.compute_qparams()[0].item() == pytest.approx(threshold4 / 15, rel=1e-6)
+    signed = KLObserver(4, symmetric=True, signed=True)
+    signed(x)
+    threshold_signed = kl_calibration(x, 8, max_abs=x.max().item()).threshold  # 2^(4-1) = 8 levels in [0, T]
+    assert signed.compute_qparams()[0].item() == pytest.approx(threshold_signed / 7.5, rel=1e-6)
+
+
+def test_relu_zero_spike_does_not_drag_the_threshold_to_zero():
+    x = torch.relu(torch.randn(100_000, generator=torch.Generator().manual_seed(3))) ** 2  # half exact zeros
+    top = x.max().item()
+    for levels in (8, 16, 128):
+        fixed = kl_calibration(x, levels)
+        assert fixed.threshold >= top / 16  # first_bin = 128 of 2048
+        assert fixed.hist[0] == (x < fixed.bin_edges[1]).sum().item()  # the result keeps the raw counts
+    raw = kl_calibration(x, 8, first_bin=0, suppress_zero_spike=False).threshold
+    assert raw < top / 100  # without the two details the 4-bit threshold collapses towards 0
 
 
 def test_errors():

@@ -17,10 +17,17 @@ calibration is for. So we smooth ``Q`` by mixing in a little of the uniform dist
 non-empty bins, ``Q <- (1 - eps) Q + eps U`` with ``eps = 1e-4`` (implementations derived from TensorRT's,
 e.g. MXNet's, smooth zero bins with a similar small epsilon). With ``eps = 0`` such candidates get +inf.
 
-``num_levels`` is the number of quantization levels on one side of zero: 128 for int8 (TensorRT),
-``2^(bits-1)`` in general, so 4- and 6-bit calibration work too. We report the bin *edge*
-``i * bin_width`` as the threshold (TensorRT uses the centre ``(i + 0.5) * bin_width``: half a bin more,
-at most 0.4% of the threshold). Introduced in notebook 02.
+``num_levels`` is the number of quantization levels between 0 and T: 128 for int8 (TensorRT),
+``2^(bits-1)`` for a signed grid and ``2^bits`` for an unsigned grid over non-negative data (ReLU
+outputs), so 4- and 6-bit calibration work too. We report the bin *edge* ``i * bin_width`` as the
+threshold (TensorRT uses the centre ``(i + 0.5) * bin_width``: half a bin more, at most 0.4% of it).
+
+Two details follow NVIDIA's PyTorch calibrator (pytorch-quantization, ``HistogramCalibrator``) and
+matter below 8 bits: the search starts at bin ``first_bin = 128`` whatever the bit-width (T >= max/16),
+and the first bin's count is replaced by the second's (``suppress_zero_spike``). ReLU outputs hold up
+to half their values at exactly 0; zero is exact on every grid, but the spike would dominate the
+divergence and drag T towards 0 (at 4 bits it picks T ~ max/256 without these two details).
+Introduced in notebook 01.
 """
 
 from __future__ import annotations
@@ -50,8 +57,8 @@ def _xlogx(v: np.ndarray) -> np.ndarray:
     return np.where(v > 0, v * np.log(np.where(v > 0, v, 1.0)), 0.0)
 
 
-def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """``KL(P_i || Q_i)`` for every candidate ``i = num_levels .. num_bins`` at once; returns ``(i, kl)``.
+def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4, first_bin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``KL(P_i || Q_i)`` for every candidate ``i = max(num_levels, first_bin) .. num_bins``; returns ``(i, kl)``.
 
     All the bins of P that share a group j get the same q_j, so the per-bin sum splits as
 
@@ -64,7 +71,7 @@ def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4) -> tuple[np.ndarray
     total = h.sum()
     if total <= 0:
         raise QuantParamError("the histogram is empty: KL calibration needs at least one count")
-    i = np.arange(num_levels, len(h) + 1)                      # (I,) candidate i keeps bins 0 .. i-1
+    i = np.arange(max(num_levels, min(first_bin, len(h))), len(h) + 1)  # (I,) candidate i keeps bins 0 .. i-1
     cum = np.concatenate([[0.0], np.cumsum(h)])                # cum[k] = mass of bins 0 .. k-1
     cum_nonempty = np.concatenate([[0], np.cumsum(h > 0)])     # non-empty bins among 0 .. k-1
     cum_xlogx = np.concatenate([[0.0], np.cumsum(_xlogx(h))])
@@ -85,38 +92,49 @@ def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4) -> tuple[np.ndarray
     return i, neg_entropy - cross
 
 
-def kl_from_histogram(hist, bin_width: float, num_levels: int = 128, eps: float = 1e-4) -> KLCalibration:
-    """Run the threshold search on a histogram of ``|x|`` whose bins are ``bin_width`` wide, starting at 0."""
+def kl_from_histogram(hist, bin_width: float, num_levels: int = 128, eps: float = 1e-4,
+                      first_bin: int = 0) -> KLCalibration:
+    """Run the threshold search on a histogram of ``|x|`` whose bins are ``bin_width`` wide, starting at 0.
+
+    Candidates are ``i = max(num_levels, first_bin) .. num_bins`` bins."""
     hist = np.asarray(hist, dtype=np.float64)
     num_bins = hist.shape[0]
     if not 2 <= num_levels <= num_bins:
         raise QuantParamError(f"num_levels must be in [2, num_bins={num_bins}], got {num_levels}")
     if not bin_width > 0:
         raise QuantParamError(f"bin_width must be positive, got {bin_width}")
-    candidates, kl = kl_curve(hist, num_levels, eps)
+    candidates, kl = kl_curve(hist, num_levels, eps, first_bin)
     thresholds = candidates * bin_width
     return KLCalibration(threshold=float(thresholds[np.argmin(kl)]), thresholds=thresholds, kl=kl, hist=hist,
                          bin_edges=np.arange(num_bins + 1) * bin_width)
 
 
 def kl_calibration(x: torch.Tensor, num_levels: int = 128, num_bins: int = 2048,
-                   max_abs: float | None = None, eps: float = 1e-4) -> KLCalibration:
+                   max_abs: float | None = None, eps: float = 1e-4, first_bin: int = 128,
+                   suppress_zero_spike: bool = True) -> KLCalibration:
     """Histogram ``|x|`` into ``num_bins`` bins over ``[0, max|x|]`` and find the KL-optimal threshold.
 
     ``max_abs`` widens the range to at least that (an observer passes the exact maximum when ``x`` is a sample).
     An all-zero ``x`` gets a histogram over [0, 1] (the threshold then clips nothing that exists).
+    ``first_bin`` and ``suppress_zero_spike``: see the module docstring (``KLCalibration.hist`` keeps the raw counts).
     """
     check_tensor(x)
     a = x.detach().abs().float().flatten().cpu()
     top = max(float(a.max()), 0.0 if max_abs is None else float(max_abs)) or 1.0
-    hist = torch.histc(a, bins=num_bins, min=0.0, max=top)
-    return kl_from_histogram(hist.numpy(), top / num_bins, num_levels, eps)
+    hist = torch.histc(a, bins=num_bins, min=0.0, max=top).double().numpy()
+    searched = hist.copy()
+    if suppress_zero_spike and num_bins > 1 and hist[1:].sum() > 0:  # (an all-zero x keeps its one bin)
+        searched[0] = searched[1]
+    result = kl_from_histogram(searched, top / num_bins, num_levels, eps, first_bin)
+    result.hist = hist
+    return result
 
 
 class KLObserver(SampleObserver):
     """Per-tensor observer whose range is ``[max(x_min, -T), min(x_max, T)]`` with T from ``kl_calibration``.
 
-    ``num_levels=None`` uses ``2^(bits-1)`` (128 at 8 bits, as TensorRT).
+    ``num_levels=None`` uses the levels the grid has between 0 and T: ``2^bits`` for an unsigned grid
+    over data that is never negative (ReLU outputs), else ``2^(bits-1)`` (128 at 8 bits, as TensorRT).
     """
 
     def __init__(self, bits: int = 8, symmetric: bool = False, signed: bool = False, narrow: bool = False,
@@ -126,7 +144,8 @@ class KLObserver(SampleObserver):
 
     def compute_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_seen()
-        levels = self.num_levels or max(2, 2 ** (self.bits - 1))
+        all_levels_positive = not self.signed and bool(self.min_val.min() >= 0)
+        levels = self.num_levels or max(2, 2 ** (self.bits - (0 if all_levels_positive else 1)))
         max_abs = max(-self.min_val.item(), self.max_val.item())  # exact, though the histogram is of a sample
         threshold = kl_calibration(self.all_samples(), min(levels, self.num_bins), self.num_bins, max_abs).threshold
         return self.qparams_for_range(self.min_val.clamp(min=-threshold), self.max_val.clamp(max=threshold))

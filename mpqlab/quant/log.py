@@ -26,7 +26,7 @@ How we read it (one reading, used everywhere in the workbook):
   half-octaves, so the top level is 2^((fsr - 1) / 2). In general, with s steps per octave
   (s = 1 for base "2", s = 2 for "sqrt2"): value = 2^(x~ / s), x~ = Round(s log2 |x|).
 
-Introduced in notebook 06 (sub-8-bit methods).
+Introduced in notebook 02 (log quantization).
 """
 
 from __future__ import annotations
@@ -56,14 +56,20 @@ def magnitude_bits(bits: int, signed: bool) -> int:
 
 
 def exp2_steps(k: torch.Tensor, s: int, dtype=torch.float64) -> torch.Tensor:
-    """2^(k / s) for integer k, rounded the same way whatever the tensor's shape.
+    """2^(k / s) for integer k (an integer tensor, or floats holding integers), exact whatever the shape.
 
-    ``torch.exp2`` may differ in the last bit between its vectorised and scalar paths, which
-    would put values a hair off the level grid; 2^floor(k/s) times a table of 2^(r/s) is exact.
+    ``torch.exp2`` of a fractional exponent may differ in the last bit between its vectorised and
+    scalar paths, which would put values a hair off the level grid. So exp2 only makes whole powers
+    (exact: powers of two), times a table of 2^(r/s):  2^(k/s) = 2^floor(k/s) * 2^(r/s),  r = k mod s.
+    Kept in floating point (no int64 round trip): this runs on every activation of a log-quantized net.
+    (Below the smallest normal float, 2^-126 in float32, a result may round to 0 instead of a subnormal.)
     """
+    k = k.to(dtype)
+    if s == 1:
+        return torch.exp2(k)
+    whole = torch.floor(k / s)
     table = torch.tensor([2.0 ** (r / s) for r in range(s)], dtype=dtype, device=k.device)
-    k = k.to(torch.int64)
-    return torch.ldexp(table[k % s], k // s)
+    return torch.exp2(whole) * table[(k - whole * s).long()]  # exact: scaling by a power of two
 
 
 def _check_fsr(fsr) -> int:
@@ -71,6 +77,18 @@ def _check_fsr(fsr) -> int:
     if isinstance(fsr, bool) or not ok or abs(fsr) > 1000:
         raise QuantParamError(f"fsr must be an integer exponent in [-1000, 1000], got {fsr!r}")
     return int(fsr)
+
+
+def _exponents(x: torch.Tensor, bits: int, fsr: int, signed: bool, base: str):
+    """k = min(Round(s log2 |x|), fsr - 1) as floats holding integers, and the zero mask."""
+    check_tensor(x)
+    s, m, fsr = steps_per_octave(base), magnitude_bits(bits, signed), _check_fsr(fsr)
+    mag = x.detach().abs() if signed else x.detach().clamp(min=0)
+    zero = mag == 0
+    k = torch.log2(mag.masked_fill_(zero, 1.0))  # log2(0) = -inf takes a slow path; those are masked anyway
+    k = torch.round(k if s == 1 else s * k)
+    zero |= k <= fsr - 2**m  # exponents at or below fsr - 2^m are read as the value 0
+    return k.clamp_(max=fsr - 1), zero
 
 
 def log_exponents(x: torch.Tensor, bits: int, fsr: int, signed: bool = True, base: str = "2"):
@@ -82,14 +100,8 @@ def log_exponents(x: torch.Tensor, bits: int, fsr: int, signed: bool = True, bas
     >>> log_exponents(torch.tensor([0.3, 0.0, 5.0]), bits=3, fsr=2, signed=False)
     (tensor([-2,  1,  1]), tensor([False,  True, False]))
     """
-    check_tensor(x)
-    s, m, fsr = steps_per_octave(base), magnitude_bits(bits, signed), _check_fsr(fsr)
-    lowest_zero = fsr - 2**m  # exponents at or below this are read as the value 0
-    mag = x.detach().abs() if signed else x.detach().clamp(min=0)
-    k = torch.round(s * torch.log2(mag))  # -inf where mag == 0
-    zero = k <= lowest_zero
-    k = torch.where(zero, torch.full_like(k, fsr - 1), k.clamp(max=fsr - 1))
-    return k.to(torch.int64), zero
+    k, zero = _exponents(x, bits, fsr, signed, base)
+    return k.masked_fill_(zero, _check_fsr(fsr) - 1).to(torch.int64), zero
 
 
 def log_quantize(x: torch.Tensor, bits: int, fsr: int, signed: bool = True, base: str = "2") -> torch.Tensor:
@@ -98,10 +110,13 @@ def log_quantize(x: torch.Tensor, bits: int, fsr: int, signed: bool = True, base
     >>> log_quantize(torch.tensor([0.3, -3.0, 5.0, 0.8]), bits=3, fsr=3)  # levels 0, +-1, +-2, +-4
     tensor([ 0., -4.,  4.,  1.])
     """
-    k, zero = log_exponents(x, bits, fsr, signed, base)
-    sign = torch.sign(x.detach()) if signed else torch.ones_like(x)
-    power = exp2_steps(k, steps_per_octave(base), x.dtype)
-    q = torch.where(zero, torch.zeros_like(x), sign * power)
+    k, zero = _exponents(x, bits, fsr, signed, base)
+    q = exp2_steps(k, steps_per_octave(base), x.dtype)
+    if signed:
+        q = q * torch.sign(x.detach())
+    q = q.masked_fill_(zero, 0.0)
+    if not x.requires_grad:
+        return q
     return q + (x - x.detach())  # straight-through; unlike x + (q - x).detach(), exactly q forward
 
 
@@ -161,10 +176,10 @@ class LogQuantizer(Quantizer):
     def current_fsr(self, x: torch.Tensor) -> int:
         if self.fsr is not None:
             return self.fsr
-        batch_max = x.detach().abs().max().to(self.running_max)
         if self.momentum is None:
-            return fsr_from_max(float(batch_max), self.base)
-        if self.training or int(self.num_batches) == 0:
+            return fsr_from_max(float(x.detach().abs().max()), self.base)
+        if self.training or int(self.num_batches) == 0:  # eval mode after that: no pass over x at all
+            batch_max = x.detach().abs().max().to(self.running_max)
             first = int(self.num_batches) == 0
             self.running_max.copy_(batch_max if first else torch.lerp(self.running_max, batch_max, self.momentum))
             self.num_batches += 1

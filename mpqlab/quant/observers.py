@@ -14,7 +14,7 @@ in how they choose the clipping range ``[x_min, x_max]`` handed to ``qparams_fro
 
 Percentile, MSE and KL calibration are compared in Wu et al. 2020, "Integer Quantization for Deep
 Learning Inference: Principles and Empirical Evaluation", Sec. 4; see also Gholami et al. 2021,
-Sec. III-B. Introduced in notebook 01 (observers) and 02 (calibration methods).
+Sec. III-B. Introduced in notebook 01.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def clipping_mse_curve(x: torch.Tensor, bits: int, symmetric: bool = False, sign
         MSE(r) = mean((Q(x; r * x_min, r * x_max) - x)^2),   r = 1/K, 2/K, ..., 1
 
     Returns ``(ratios, mse)`` of shapes (K,) and (K, C) (C = 1 per-tensor). Small r clips a lot;
-    r = 1 is plain min-max. Plotted in notebook 02.
+    r = 1 is plain min-max. Plotted in notebook 01.
     """
     check_tensor(x)
     rows = channel_rows(x.detach().float(), ch_axis)  # (C, N)

@@ -6,7 +6,7 @@ percentile, MSE, KL) is the whole difference between PTQ methods here; weights a
 per-channel symmetric min-max (the default weight quantizer), which is already close to lossless at 8 bits.
 
 References: Gholami et al. 2021, Sec. IV-C (PTQ); Wu et al. 2020, "Integer Quantization for Deep Learning
-Inference: Principles and Empirical Evaluation", Sec. 4 (calibration). Introduced in notebook 02.
+Inference: Principles and Empirical Evaluation", Sec. 4 (calibration). Introduced in notebook 01.
 """
 
 from __future__ import annotations

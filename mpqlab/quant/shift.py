@@ -14,7 +14,7 @@ A right shift drops bits, so we first give M g = max(0, -min k) extra fractional
 equals the float dot product bit for bit (tested). Only base-2 levels are shifts: a base-sqrt(2)
 level 2^(k/2) with odd k is not a power of two, so ``pow2_exponents`` refuses it.
 
-The worked example of notebook 06, one function per step: w = 5.5 = b101.1 and a = 4.5 = b100.1;
+The worked example of notebook 02, one function per step: w = 5.5 = b101.1 and a = 4.5 = b100.1;
 truncating a to the power of two below (``floor_log2``) gives b100.0 = 2^2, and
 Bitshift(b101.1, 2) = b10110 = 22 instead of 24.75; passed on as a power of two, 22 truncates
 again to b10000 = 16.

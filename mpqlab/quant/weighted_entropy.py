@@ -23,7 +23,7 @@ importance: a level's importance is its own value, I_n = v_n (larger activations
 zero level counts for nothing). fsr ranges over the data's 1/16-octave codes, step over 1..16.
 Signed tensors (a network's first input) use one bit for the sign, mirroring the magnitude levels.
 
-Introduced in notebook 06 (sub-8-bit methods).
+Introduced in notebook 03 (weighted-entropy quantization).
 """
 
 from __future__ import annotations
