@@ -122,6 +122,8 @@ def test_panel_callback_redraws_and_shows_errors_as_messages(w, act, monkeypatch
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
     monkeypatch.setattr(plt, "show", lambda *a, **k: plt.close("all"))
+    # the wiring is under test here, not the drawing (tested above): a blank figure keeps the test fast
+    monkeypatch.setattr("mpqlab.widgets.quantizer_explorer.plot_quantizer", lambda result, x, title="": plt.figure())
     quantizer_explorer_panel({"weights": (w, 0), "activations": (act, 1)}, bits=4)
     box = shown[-1]
     controls = {c.description: c for row in box.children[:2] for c in row.children}
