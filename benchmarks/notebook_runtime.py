@@ -41,8 +41,29 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_notebook(path: Path) -> str | None:
-    """Execute all cells of `path` in its own folder; None if fine, else a one-paragraph error."""
+def cell_seconds(nb) -> list[tuple[float, int, str]]:
+    """(seconds, cell index, first source line) of each executed code cell, slowest first.
+
+    nbclient stamps every cell with when its execution started and when the kernel replied.
+    """
+    from datetime import datetime
+
+    timings = []
+    for index, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        start, end = stamps.get("iopub.execute_input"), stamps.get("shell.execute_reply")
+        if cell.cell_type == "code" and start and end:
+            seconds = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                       - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+            first_line = next((line for line in cell.source.splitlines() if line.strip()), "")
+            timings.append((seconds, index, first_line[:60]))
+    return sorted(timings, reverse=True)
+
+
+def run_notebook(path: Path, slowest: int = 0) -> str | None:
+    """Execute all cells of `path` in its own folder; None if fine, else a one-paragraph error.
+
+    With ``slowest`` > 0, also print that many of the slowest cells (to see where the time goes)."""
     nb = nbformat.read(path, as_version=4)
     kernel = nb.metadata.get("kernelspec", {}).get("name", "python3")
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=kernel,
@@ -54,12 +75,17 @@ def run_notebook(path: Path) -> str | None:
         return "\n".join(ANSI.sub("", str(err)).strip().splitlines()[-12:])
     except (CellTimeoutError, DeadKernelError) as err:
         return f"{type(err).__name__}: {err}"
+    finally:
+        for seconds, index, first_line in cell_seconds(nb)[:slowest]:
+            print(f"\n      cell {index:3d}: {seconds:6.1f} s  {first_line}", end="")
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb")
+    parser.add_argument("--slowest", type=int, default=0, metavar="N",
+                        help="also print the N slowest cells of each notebook")
     args = parser.parse_args(argv)
     names = [p.name for p in args.notebooks] or sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
     if not names:
@@ -78,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"  {name} ...", end="", flush=True)
             cpu, start = children_cpu_seconds(), time.perf_counter()
-            error = run_notebook(copy / name)
+            error = run_notebook(copy / name, args.slowest)
             wall, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
             status = "ERROR" if error else ("SLOW" if wall > SLOW_S else "ok")
             print(f" {wall:.0f} s {status}")

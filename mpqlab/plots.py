@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import io
+
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 # One colour per layer kind, the same in every notebook.
 KIND_COLORS = {"conv": "#4C72B0", "depthwise": "#DD8452", "pointwise": "#55A868", "linear": "#8172B3"}
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.8), **subplot_kw):
+    """``(figure, axes)`` like ``plt.subplots``, but the figure is not registered with pyplot.
+
+    Widget callbacks may run on a kernel thread other than the main one (ipykernel 7 subshells), and
+    pyplot's global "current figure" is not thread-safe: a figure drawn through it can come out blank.
+    A free-standing ``Figure`` has no shared state, and it is garbage-collected once it is shown.
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplot_kw)
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """The figure rendered to PNG bytes (what a widget puts on screen)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def show_figure(fig, dpi: int = 100) -> None:
+    """Display a figure made by ``new_figure`` in the notebook (works from a widget callback too)."""
+    from IPython.display import Image, display
+
+    display(Image(data=figure_png(fig, dpi), format="png"))
 
 
 def image_grid(images, labels, class_names, rows: int = 3, cols: int = 10, predictions=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mpqlab.exercises import Check, with_solution
+from mpqlab.exercises import FAILED, Check, with_solution
 
 
 def relative_error_solution(y_hat, y):
@@ -45,6 +45,9 @@ def check_relative_error(fn) -> bool:
     return c.verdict("one norm of the whole difference over one norm of the whole reference; no per-element ratios")
 
 
+HIGHWAY_HINT = "quantize x twice, once for each path; do not quantize the sum, and apply the ReLU last"
+
+
 @with_solution(highway_block_solution)
 def check_highway_block(fn) -> bool:
     """Exercise 2: ``fn(x, residual, q_branch, q_skip)`` returns ReLU(F(Q_b(x)) + Q_s(x))."""
@@ -52,8 +55,11 @@ def check_highway_block(fn) -> bool:
     residual, xs, pairs = _cases()
     for x in xs:
         for i, (q_branch, q_skip) in enumerate(pairs):
-            got, want = c.run(fn, x, residual, q_branch, q_skip), highway_block_solution(x, residual, q_branch, q_skip)
+            got = c.run(fn, x, residual, q_branch, q_skip)
+            if got is FAILED:  # the exception is already reported
+                continue
+            want = highway_block_solution(x, residual, q_branch, q_skip)
             ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
             c.expect(ok, f"quantizer pair {i}, x of shape {tuple(x.shape)}: "
                          "the output differs from ReLU(F(Q_b(x)) + Q_s(x))")
-    return c.verdict("quantize x twice, once for each path; do not quantize the sum, and apply the ReLU last")
+    return c.verdict(HIGHWAY_HINT)

@@ -50,7 +50,7 @@ class Settings:
     lr: float = 0.1  # SGD, Nesterov momentum 0.9, linear warm-up then cosine decay to 0
     warmup: int = 20
     weight_decay: float = 4e-5  # as for the shipped checkpoint
-    eval_every: int = 20  # a point on the validation curve every eval_every steps
+    eval_every: int = 20  # a point on the validation curve every eval_every steps (make steps a multiple)
     val_images: int = 1000  # first N validation images
     memory_images: int = 64  # batch of the step whose saved bytes are measured
     seed: int = 0
@@ -124,7 +124,7 @@ def train_run(settings: Settings, splits, compressed: bool, device: str = "cpu",
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        if step % settings.eval_every == 0 or step == steps:
+        if step % settings.eval_every == 0:
             curve_steps.append(step)
             curve.append(evaluate(model, curve_loader, device))
     return {"compressed": compressed, "losses": losses, "curve_steps": curve_steps, "val_accuracy": curve,

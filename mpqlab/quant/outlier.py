@@ -176,7 +176,7 @@ def compress_for_backward(x: torch.Tensor, bits: int = 3, ratio: float = 0.02) -
     r = outlier_quantize(x, bits, outlier_threshold(x, ratio, signed=False), signed=False)
     codes = torch.round(r.x_hat / (r.scale or 1.0)).clamp(0, 2**bits - 1).to(torch.uint8)  # outliers clamp, unused
     # A positive value below scale/2 gets code 1, not 0: the ReLU's backward mask [a > 0] must survive, or
-    # the gradient of every such unit is switched off (15-35% of the positives at 3 bits in notebook 04).
+    # the gradient of every such unit is switched off (a fifth of the positives at 3 bits, notebook 04).
     codes = torch.where((x > 0) & (codes == 0), torch.ones_like(codes), codes)
     index = torch.nonzero(r.outliers.flatten()).flatten()
     index = index.to(torch.int32 if x.numel() < 2**31 else torch.int64)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import torch
 
 from mpqlab.errors import MpqlabError, check_tensor
 from mpqlab.quant.log import fsr_from_data, log_levels, log_quantize, magnitude_bits, steps_per_octave
 from mpqlab.quant.uniform import fake_quantize, qparams_from_range, quant_range
+from mpqlab.plots import new_figure
+from mpqlab.widgets.output import show_result
 
 BASE_LABELS = {"2": "2", "sqrt2": "sqrt(2)"}  # base name in mpqlab.quant.log -> what the drop-down shows
 
@@ -98,7 +99,7 @@ def plot_log_grid(result: LogGridResult, w: torch.Tensor, title: str = ""):
     """Two panels: the histogram of w with the levels, and the histogram of log2|w| with the level exponents."""
     w = w.detach().flatten().double()
     s, m = steps_per_octave(result.base), magnitude_bits(result.bits, result.signed)
-    fig, (ax_lin, ax_log) = plt.subplots(1, 2, figsize=(13, 3.4))
+    fig, (ax_lin, ax_log) = new_figure(1, 2, figsize=(13, 3.4))
     ax_lin.hist(w.numpy(), bins=200, color="0.75")
     for v in result.levels.tolist():
         ax_lin.axvline(v, color="C3", lw=0.8, alpha=0.8)
@@ -141,7 +142,7 @@ def fsr_slider_range(w: torch.Tensor, base: str) -> tuple[int, int, int]:
 def log_grid_panel(w: torch.Tensor, bits: int = 4, base: str = "2", title: str = ""):
     """Sliders for bits and fsr and a base drop-down, redrawing ``render_log_grid`` below them."""
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     lo, hi, fsr = fsr_slider_range(w, base)
     bits_slider = widgets.IntSlider(value=bits, min=2, max=8, description="bits", continuous_update=False)
@@ -158,11 +159,7 @@ def log_grid_panel(w: torch.Tensor, bits: int = 4, base: str = "2", title: str =
 
     def update(bits, fsr, base):
         fig, text = render_log_grid(w, bits, fsr, base, title)
-        if fig is None:
-            display(HTML(f'<pre style="color:#c0392b">{text}</pre>'))
-            return
-        print(text)
-        plt.show()
+        show_result(fig, text)
 
     out = widgets.interactive_output(update, {"bits": bits_slider, "fsr": fsr_slider, "base": base_menu})
     display(widgets.VBox([widgets.HBox([bits_slider, fsr_slider, base_menu]), out]))

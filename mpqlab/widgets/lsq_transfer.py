@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import torch
 
 from mpqlab.errors import MpqlabError, QuantParamError, check_bits, check_positive
 from mpqlab.quant.lsq import lsq_quantize_autograd, lsq_range
+from mpqlab.plots import new_figure
+from mpqlab.widgets.output import show_result
 
 
 @dataclass
@@ -77,7 +78,7 @@ def lsq_transfer(bits: int, step: float, signed: bool = True, n_points: int = 80
 
 def plot_lsq_transfer(result: TransferResult):
     """Left: v_hat against v (with the identity). Right: d v_hat / d s against v."""
-    fig, (ax_t, ax_g) = plt.subplots(1, 2, figsize=(12, 3.4))
+    fig, (ax_t, ax_g) = new_figure(1, 2, figsize=(12, 3.4))
     v = result.v.numpy()
     ax_t.plot(v, v, color="0.7", lw=1, label="identity")
     ax_t.plot(v, result.v_hat.numpy(), color="C0", lw=1.6, label=r"$\hat{v}$")
@@ -111,7 +112,7 @@ def render_lsq_transfer(bits: int, step: float, signed: bool = True):
 def lsq_transfer_panel(bits: int = 4, step: float = 0.1, signed: bool = True):
     """Sliders for bits and step size and a signed/unsigned toggle, redrawing ``render_lsq_transfer``."""
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     bits_slider = widgets.IntSlider(value=bits, min=1, max=8, description="bits", continuous_update=False)
     step_slider = widgets.FloatSlider(value=step, min=0.0, max=0.5, step=0.005, readout_format=".3f",
@@ -121,11 +122,7 @@ def lsq_transfer_panel(bits: int = 4, step: float = 0.1, signed: bool = True):
 
     def update(bits, step, signed):
         fig, text = render_lsq_transfer(bits, step, signed)
-        if fig is None:
-            display(HTML(f'<pre style="color:#c0392b">{text}</pre>'))
-            return
-        print(text)
-        plt.show()
+        show_result(fig, text)
 
     out = widgets.interactive_output(update, {"bits": bits_slider, "step": step_slider, "signed": sign_toggle})
     display(widgets.VBox([widgets.HBox([bits_slider, step_slider]), sign_toggle, out]))

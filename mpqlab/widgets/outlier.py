@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import torch
 
 from mpqlab.errors import MpqlabError, check_tensor
 from mpqlab.quant.outlier import outlier_quantize, outlier_threshold, q_max_for
+from mpqlab.plots import new_figure
+from mpqlab.widgets.output import show_result
 
 
 @dataclass
@@ -75,7 +76,7 @@ def plot_outlier_grid(result: OutlierGridResult, x: torch.Tensor, title: str = "
     """Left: histogram of x (log counts) with the grid levels and the outlier region shaded.
     Right: the error x_hat - x against x, for the linear grid and the outlier-aware one."""
     x = x.detach().flatten().float()
-    fig, (ax_hist, ax_err) = plt.subplots(1, 2, figsize=(13, 3.4))
+    fig, (ax_hist, ax_err) = new_figure(1, 2, figsize=(13, 3.4))
     ax_hist.hist(x.numpy(), bins=200, color="0.7", log=True)
     for v in result.levels.tolist():
         ax_hist.axvline(v, color="C3", lw=0.7, alpha=0.8)
@@ -115,7 +116,7 @@ def render_outlier_grid(x: torch.Tensor, bits: int, ratio: float, title: str = "
 def outlier_panel(tensors: dict, bits: int = 3, percent: float = 2.0):
     """A tensor menu, a bits slider and an outlier-percentage slider, redrawing ``render_outlier_grid``."""
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     menu = widgets.Dropdown(options=list(tensors), description="tensor", layout=widgets.Layout(width="360px"))
     bits_slider = widgets.IntSlider(value=bits, min=1, max=8, description="bits", continuous_update=False)
@@ -124,11 +125,7 @@ def outlier_panel(tensors: dict, bits: int = 3, percent: float = 2.0):
 
     def update(name, bits, percent):
         fig, text = render_outlier_grid(tensors[name], bits, percent / 100, title=name)
-        if fig is None:
-            display(HTML(f'<pre style="color:#c0392b">{text}</pre>'))
-            return
-        print(text)
-        plt.show()
+        show_result(fig, text)
 
     out = widgets.interactive_output(update, {"name": menu, "bits": bits_slider, "percent": percent_slider})
     display(widgets.VBox([widgets.HBox([menu, bits_slider, percent_slider]), out]))

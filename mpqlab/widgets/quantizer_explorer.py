@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import torch
 
 from mpqlab.errors import MpqlabError, QuantParamError, check_tensor
 from mpqlab.quant.kl import KLObserver
 from mpqlab.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver, channel_rows
 from mpqlab.quant.uniform import fake_quantize, quantize
+from mpqlab.plots import new_figure
+from mpqlab.widgets.output import show_result
 
 # calibration method -> (label shown in the drop-down, observer class)
 METHODS = {
@@ -125,7 +126,7 @@ def plot_quantizer(result: ExplorerResult, x: torch.Tensor, title: str = "", max
     Right: the error x_hat - x against x for a seeded sample of ``max_points`` values."""
     x = x.detach().float().flatten()
     x_hat = result.x_hat.flatten()
-    fig, (ax_h, ax_e) = plt.subplots(1, 2, figsize=(13, 3.4))
+    fig, (ax_h, ax_e) = new_figure(1, 2, figsize=(13, 3.4))
     lo, hi = float(x.min()), float(x.max())
     bins = torch.linspace(min(lo, result.clip_low), max(hi, result.clip_high), 201).numpy()
     ax_h.hist(x.numpy(), bins=bins, color="0.7", log=True, label="x")
@@ -169,7 +170,7 @@ def quantizer_explorer_panel(tensors: dict, bits: int = 4, method: str = "minmax
     ``tensors`` maps a name to ``(tensor, ch_axis)``, e.g. ``{"dw2 weights": (w, 0)}``.
     """
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     names = list(tensors)
     tensor_menu = widgets.Dropdown(options=names, value=names[0], description="tensor")
@@ -184,11 +185,7 @@ def quantizer_explorer_panel(tensors: dict, bits: int = 4, method: str = "minmax
     def update(name, bits, symmetric, per_channel, method):
         x, ch_axis = tensors[name]
         fig, text = render_quantizer(x, bits, symmetric, per_channel, method, ch_axis, title=name)
-        if fig is None:
-            display(HTML(f'<pre style="color:#c0392b">{text}</pre>'))
-            return
-        print(text)
-        plt.show()
+        show_result(fig, text)
 
     controls = {"name": tensor_menu, "bits": bits_slider, "symmetric": scheme, "per_channel": granularity,
                 "method": method_menu}

@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
 
 from mpqlab.errors import MpqlabError
 from mpqlab.limpq.indicators import Indicators
 from mpqlab.limpq.search import SearchResult, min_bitops, min_size_bits, solve_policy, uniform_budget
-from mpqlab.plots import KIND_COLORS
+from mpqlab.plots import KIND_COLORS, new_figure, show_figure
+from mpqlab.widgets.output import show_error, show_result
 
 
 def total_macs(indicators: Indicators) -> int:
@@ -67,7 +68,7 @@ def search_state(indicators: Indicators, bitops_budget: float, size_budget_bits:
 
 def plot_policy(result: SearchResult, kinds: dict[str, str], title: str = ""):
     """Two bar charts over the searchable layers: w_bits and a_bits, coloured by layer kind."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 2.8), sharey=True)
+    fig, axes = new_figure(1, 2, figsize=(13, 2.8), sharey=True)
     colors = [KIND_COLORS.get(kinds.get(n, "conv"), "0.5") for n in result.layer_names]
     labels = [n.replace(".conv", "") for n in result.layer_names]
     for ax, bits, side in zip(axes, (result.weight_bits, result.act_bits), ("weight bits", "activation bits")):
@@ -78,7 +79,7 @@ def plot_policy(result: SearchResult, kinds: dict[str, str], title: str = ""):
         ax.set_ylim(0, 7)
         ax.set_title(f"{title}{side}", fontsize=10)
     present = [k for k in KIND_COLORS if k in set(kinds.get(n, "conv") for n in result.layer_names)]
-    axes[0].legend([plt.Rectangle((0, 0), 1, 1, color=KIND_COLORS[k]) for k in present], present,
+    axes[0].legend([Rectangle((0, 0), 1, 1, color=KIND_COLORS[k]) for k in present], present,
                    fontsize=7, frameon=False, loc="upper right", ncol=len(present))
     fig.tight_layout()
     return fig
@@ -113,7 +114,7 @@ def search_panel(indicators: Indicators, kinds: dict[str, str], bit_options=(2, 
     Returns the widgets in a VBox (also displayed).
     """
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     ranges = slider_ranges(indicators, bit_options)
     lo, hi = ranges["bitops_m"]
@@ -138,12 +139,11 @@ def search_panel(indicators: Indicators, kinds: dict[str, str], bit_options=(2, 
         options = [b for b in sorted(bit_options) if ticked[f"b{b}"]]
         state, fig, text = render_search(indicators, kinds, budget_m * 1e6, size_mb * 8e6, options, alpha)
         if state is None:
-            display(HTML(f'<pre style="color:#c0392b">{text}</pre>'))
+            show_error(text)
             return
         if on_result is not None:
             on_result(state)
-        print(text)
-        plt.show()
+        show_result(fig, text)
 
     controls = {"budget_m": bitops_slider, "size_mb": size_slider, "alpha": alpha_slider}
     controls |= {f"b{b}": box for b, box in boxes.items()}
@@ -158,7 +158,7 @@ def pareto_plot(points, ax=None, title: str = "accuracy vs BitOps"):
     """Scatter of accuracy against BitOps (M): ``points`` is a list of dicts with keys
     ``method`` (legend group), ``bitops``, ``accuracy`` and optionally ``label`` (annotated)."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
+        _, ax = new_figure(figsize=(7, 4))
     styles = {"uniform": ("s", "0.3"), "random": ("x", "0.6"), "limpq": ("o", "C3"), "hessian": ("^", "C0"),
               "live": ("*", "C2")}
     for method in dict.fromkeys(p["method"] for p in points):
@@ -185,7 +185,7 @@ def finetune_button(latest: dict, finetune, points: list, description: str = "fi
     appended to ``points`` as method "live". Errors are shown as a red message.
     """
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     button = widgets.Button(description=description, button_style="primary", layout={"width": "220px"})
     out = widgets.Output()
@@ -195,18 +195,17 @@ def finetune_button(latest: dict, finetune, points: list, description: str = "fi
             out.clear_output()
             state = latest.get("state")
             if state is None:
-                display(HTML('<pre style="color:#c0392b">Error: no feasible policy in the panel yet</pre>'))
+                show_error("Error: no feasible policy in the panel yet")
                 return
             try:
                 accuracy = finetune(state.result.policy)
             except MpqlabError as err:
-                display(HTML(f'<pre style="color:#c0392b">Error: {err}</pre>'))
+                show_error(f"Error: {err}")
                 return
             points.append({"method": "live", "bitops": state.result.bitops, "accuracy": accuracy,
                            "label": f"{state.result.bitops / 1e6:.1f} M"})
             print(f"fine-tuned policy: BitOps {state.result.bitops / 1e6:.2f} M, accuracy {100 * accuracy:.2f}%")
-            pareto_plot(points)
-            plt.show()
+            show_figure(pareto_plot(points))
 
     button.on_click(on_click)
     display(widgets.VBox([button, out]))
