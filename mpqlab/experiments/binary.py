@@ -20,7 +20,6 @@ rewrites ``data/results/binary.json`` (one thread; the file records the seconds 
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import torch
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError, PolicyError
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.qat import build_qat_model, fine_tune, subset_loader
 from mpqlab.quant.binary import BinaryActQuantizer, BinaryWeightQuantizer
 from mpqlab.quant.lsq import LSQQuantizer
@@ -106,14 +106,11 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="fine-tune steps per configuration")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     result = run(Settings(steps=args.steps), out=args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

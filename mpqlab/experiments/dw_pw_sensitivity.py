@@ -18,7 +18,6 @@ rewrites ``data/results/dw_pw_sensitivity.json`` (one thread; the file records i
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.limpq.sensitivity import initialize_steps, layer_steps, quantize_single_layer
 from mpqlab.train import cosine_schedule, evaluate, seed_everything, train_epoch
 
@@ -119,17 +119,14 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="fine-tune steps per run")
     parser.add_argument("--eval-images", type=int, default=Settings.eval_images,
                         help="score on the first N test images (0 = all 10,000)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     settings = Settings(steps=args.steps, eval_images=args.eval_images or None)
     result = run(settings, out=args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ which writes ``data/results/limpq_pareto.json``; points of methods not rerun are
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.limpq.hessian import hessian_indicators
 from mpqlab.limpq.indicators import Indicators, load_indicators
 from mpqlab.limpq.joint import lsq_policy_model
@@ -148,16 +148,13 @@ def run(settings: Settings, methods=METHODS, out: Path | None = RESULTS, device:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="fine-tune steps per policy")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--eval-images", type=int, default=Settings.eval_images)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     result = run(Settings(steps=args.steps, eval_images=args.eval_images), args.methods, args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ rewrites ``data/results/outlier_backprop.json`` (one thread; the file records th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import time
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import fashion_mnist_splits, make_loaders, repo_data_dir
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.models import build_model
 from mpqlab.qat import subset_loader
 from mpqlab.quant.outlier import CompressedSavedActivations
@@ -155,14 +155,11 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="training steps per run")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     result = run(Settings(steps=args.steps), out=args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

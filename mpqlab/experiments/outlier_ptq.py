@@ -15,7 +15,6 @@ rewrites ``data/results/outlier_ptq.json`` (one thread; the file records the sec
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from torch import nn
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import check_tensor
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.qat import subset_loader
 from mpqlab.quant.outlier import OutlierQuantizer
 from mpqlab.quant.policy import quantize_model, uniform_policy
@@ -115,14 +115,11 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--eval-images", type=int, default=Settings.eval_images, help="test images scored")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     result = run(Settings(eval_images=args.eval_images), out=args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ rewrites ``data/results/precision_highway.json`` (one thread; the file records t
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ import torch
 
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.highway import highway_resnet
 from mpqlab.qat import fine_tune, subset_loader
 from mpqlab.quant.ptq import calibrate
@@ -96,14 +96,11 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="fine-tune steps per run")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     result = run(Settings(steps=args.steps), out=args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

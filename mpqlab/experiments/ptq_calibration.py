@@ -15,7 +15,6 @@ rewrites ``data/results/ptq_calibration.json`` (one thread; the file records its
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import Splits, calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.quant.policy import quantizable_layers, quantize_model, uniform_policy
 from mpqlab.quant.ptq import act_quantizer_factory, calibrate, ptq_table
 from mpqlab.quant.uniform import default_weight_quantizer
@@ -101,12 +101,10 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--eval-images", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--calibration-images", type=int, default=Settings.calibration_images)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the machines are shared
+    args = parse_experiment_args(parser, argv)
     settings = Settings(eval_images=args.eval_images, calibration_images=args.calibration_images)
     result = run(settings, out=args.out)
     for row in result["rows"]:

@@ -16,7 +16,6 @@ rewrites ``data/results/qat_sweep.json`` (one thread; the file records the secon
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ import torch
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
 from mpqlab.qat import build_qat_model, clip_vs_max, fine_tune, subset_loader
 from mpqlab.quant.pact import pact_l2
 from mpqlab.train import evaluate
@@ -93,17 +93,14 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="fine-tune steps per run")
     parser.add_argument("--bits", type=int, nargs="+", default=list(Settings.bits), help="bit-widths to run")
     parser.add_argument("--no-ablation", action="store_true", help="skip the g = 1 run")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     settings = Settings(steps=args.steps, bits=tuple(args.bits), ablation_bits=0 if args.no_ablation else Settings.ablation_bits)
     result = run(settings, out=args.out)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

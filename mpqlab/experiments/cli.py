@@ -1,0 +1,35 @@
+"""The command line every experiment script shares: ``--threads`` and ``--out``, then a one-line report.
+
+Each script adds its own options (steps, bit-widths, ...) to the parser this returns, so that
+``python -m mpqlab.experiments.NAME --help`` lists exactly what that experiment can change.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def experiment_parser(doc: str, results: Path | None) -> argparse.ArgumentParser:
+    """A parser described by the first line of the script's docstring, with ``--threads`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    # One thread by default: the experiments are usually run next to other work on a 2-core laptop, and
+    # torch's default of one thread per core then oversubscribes the machine.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", type=Path, default=results, help=f"result file (default {results})")
+    return parser
+
+
+def parse_experiment_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, then apply ``--threads`` before any tensor work starts."""
+    import torch
+
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def report_written(out: Path, result: dict) -> None:
+    print(f"wrote {out} in {result['seconds']:.0f} s")

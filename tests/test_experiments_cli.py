@@ -1,0 +1,31 @@
+"""The shared command line of the experiment scripts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+
+
+def test_defaults_and_threads_applied():
+    before = torch.get_num_threads()
+    try:
+        parser = experiment_parser("Make a thing.\n\nMore text.", Path("out.json"))
+        parser.add_argument("--steps", type=int, default=3)
+        args = parse_experiment_args(parser, ["--threads", "1", "--steps", "5"])
+        assert (args.threads, args.out, args.steps) == (1, Path("out.json"), 5)
+        assert parser.description == "Make a thing." and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_zero_threads_is_refused_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        parse_experiment_args(experiment_parser("x", None), ["--threads", "0"])
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_report_line(capsys):
+    report_written(Path("r.json"), {"seconds": 12.4})
+    assert capsys.readouterr().out == "wrote r.json in 12 s\n"
