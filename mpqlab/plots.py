@@ -22,18 +22,22 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.8), **subplot_kw)
     return fig, fig.subplots(nrows, ncols, **subplot_kw)
 
 
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """The figure rendered to PNG bytes (what a widget puts on screen)."""
+def figure_png(fig, dpi: int = 100, tight: bool = True) -> bytes:
+    """The figure rendered to PNG bytes (what a widget puts on screen).
+
+    ``tight`` trims the white border, at the price of one more layout pass; a figure with fixed
+    margins (``fig.subplots_adjust``) can skip it when it must redraw fast.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None, facecolor="white")
     return buffer.getvalue()
 
 
-def show_figure(fig, dpi: int = 100) -> None:
+def show_figure(fig, dpi: int = 100, tight: bool = True) -> None:
     """Display a figure made by ``new_figure`` in the notebook (works from a widget callback too)."""
     from IPython.display import Image, display
 
-    display(Image(data=figure_png(fig, dpi), format="png"))
+    display(Image(data=figure_png(fig, dpi, tight), format="png"))
 
 
 def image_grid(images, labels, class_names, rows: int = 3, cols: int = 10, predictions=None):

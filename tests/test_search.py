@@ -25,6 +25,7 @@ from mpqlab.limpq.search import (
     allowed_bits,
     min_bitops,
     min_size_bits,
+    reduced_cost_filter,
     size_budget,
     solve_policy,
     uniform_budget,
@@ -130,6 +131,56 @@ def test_solver_matches_brute_force(inst, f_bitops, f_size, alpha):
         assert result.bitops <= bitops_budget
     if size_budget_bits is not None:
         assert result.size_bits <= size_budget_bits
+
+
+@settings(max_examples=60, deadline=None)
+@given(inst=instances(), f_bitops=st.floats(0, 1), f_size=st.floats(0, 1),
+       multipliers=st.tuples(st.floats(0, 10), st.floats(0, 10)))
+def test_reduced_cost_filter_keeps_every_optimal_policy_for_any_multipliers(inst, f_bitops, f_size, multipliers):
+    """The Lagrangian bound holds for every m >= 0, so with upper = the optimum no optimal pair is dropped."""
+    ind, options = inst
+    names, alpha = ind.layer_names, 2.0
+    choices = [[(bw, ba) for bw in options for ba in options] for _ in names]
+    layer_of = [i for i, c in enumerate(choices) for _ in c]
+    flat = [(i, bw, ba) for i, c in enumerate(choices) for bw, ba in c]
+    costs = [ind.act_indicators[names[i]][ba] + alpha * ind.weight_indicators[names[i]][bw] for i, bw, ba in flat]
+    bitops_row = [ind.layer_macs[names[i]] * bw * ba for i, bw, ba in flat]
+    size_row = [ind.layer_params[names[i]] * bw for i, bw, _ in flat]
+    def budget(row, f):  # from the smallest reachable (f = 0) to the largest use (f = 1)
+        lo, hi = (sum(pick(r) for r in _per_layer(row, layer_of)) for pick in (min, max))
+        return math.floor(lo + f * (hi - lo))
+
+    rows = {"bitops": (bitops_row, budget(bitops_row, f_bitops)), "size": (size_row, budget(size_row, f_size))}
+    starts = [layer_of.index(i) for i in range(len(names))]
+    feasible = [(sum(costs[j] for j in pick), pick)
+                for pick in itertools.product(*(range(s, s + len(c)) for s, c in zip(starts, choices)))
+                if all(sum(row[j] for j in pick) <= rhs for row, rhs in rows.values())]
+    if not feasible:
+        return
+    best = min(cost for cost, _ in feasible)
+    keep = reduced_cost_filter(layer_of, costs, rows, dict(zip(rows, multipliers)), best)
+    for cost, pick in feasible:
+        if cost == best:
+            assert all(keep[j] for j in pick)
+
+
+def _per_layer(row, layer_of):
+    out = {}
+    for value, layer in zip(row, layer_of):
+        out.setdefault(layer, []).append(value)
+    return out.values()
+
+
+@pytest.mark.parametrize("budgets", ["bitops", "size", "both"])
+def test_presolve_gives_the_same_optimum_on_27_layer_problems(budgets):
+    """The exact reduction before the ILP changes the speed, never the answer (brute force is out of reach here)."""
+    ind, options = synthetic_indicators(27, seed=4), [6, 5, 4, 3, 2]
+    bitops = uniform_budget(ind, 3, 4) if budgets != "size" else None
+    size = size_budget(ind, 10.0) if budgets != "bitops" else None
+    fast = solve_policy(ind, options, bitops, size)
+    full = solve_policy(ind, options, bitops, size, presolve=False)
+    assert fast.objective == pytest.approx(full.objective, rel=1e-12)
+    assert fast.objective <= full.objective + 1e-12
 
 
 def test_budget_at_the_minimum_is_feasible_and_one_below_is_not():

@@ -58,3 +58,8 @@ def test_show_result_without_figure_shows_the_error_in_red_escaped(shown, capsys
     output.show_result(None, "Error: bits must be in [2, 8], got <1>")
     assert capsys.readouterr().out == ""
     assert "color:#c0392b" in shown[0].data and "&lt;1&gt;" in shown[0].data
+
+
+def test_show_result_passes_a_rendered_png_through(shown, capsys):
+    output.show_result(b"\x89PNG fake", "text")
+    assert capsys.readouterr().out == "text\n" and shown[0].data == b"\x89PNG fake"

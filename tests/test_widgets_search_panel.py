@@ -11,8 +11,9 @@ import pytest  # noqa: E402
 from mpqlab.limpq.indicators import synthetic_indicators  # noqa: E402
 from mpqlab.limpq.search import min_bitops, solve_policy, uniform_budget  # noqa: E402
 from mpqlab.widgets.search_panel import (  # noqa: E402
-    equivalent_bits, pareto_plot, render_search, search_panel, search_state, slider_ranges,
+    PolicyChart, equivalent_bits, pareto_plot, render_search, search_panel, search_state, slider_ranges,
 )
+from mpqlab.errors import PolicyError  # noqa: E402
 
 OPTIONS = [2, 3, 4, 5, 6]
 SUMMARY = re.compile(r"^BitOps: \d+\.\d\d M \(budget \d+\.\d\d M\), avg w_bits: \d\.\d\d, avg a_bits: \d\.\d\d, "
@@ -96,7 +97,7 @@ def test_panel_wires_every_control_and_shows_errors_in_red(ind, kinds, monkeypat
     shown, calls = [], []
     monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
 
-    def fake_render(ind_, kinds_, budget, size, options, alpha):  # no solving: this test is about the wiring
+    def fake_render(ind_, kinds_, budget, size, options, alpha, chart=None):  # no solving: this test is about the wiring
         calls.append((budget, size, options, alpha))
         return None, None, "Error: stub"
 
@@ -112,3 +113,30 @@ def test_panel_wires_every_control_and_shows_errors_in_red(ind, kinds, monkeypat
     assert calls[-1][3] == 1.0
     controls["BitOps budget"].value = controls["BitOps budget"].min
     assert calls[-1][0] == pytest.approx(controls["BitOps budget"].min * 1e6)
+
+
+def test_kept_chart_shows_each_new_policy_like_a_fresh_figure(ind, kinds):
+    first = search_state(ind, uniform_budget(ind, 5, 5), None, OPTIONS).result
+    chart = PolicyChart.draw(first, kinds)
+    state, fig, _ = render_search(ind, kinds, uniform_budget(ind, 3, 3), None, OPTIONS, chart=chart)
+    assert fig is chart.fig
+    heights = [[bar.get_height() for bar in ax.containers[0]] for ax in fig.axes]
+    assert heights == [list(state.result.weight_bits), list(state.result.act_bits)]
+    assert heights[0] != list(first.weight_bits)  # the lower budget did change the bars
+
+
+def test_kept_chart_refuses_a_policy_over_other_layers(ind, kinds):
+    chart = PolicyChart.draw(search_state(ind, uniform_budget(ind, 4, 4), None, OPTIONS).result, kinds)
+    other = synthetic_indicators(5, OPTIONS, seed=1)
+    with pytest.raises(PolicyError, match="this chart shows the layers"):
+        chart.update(search_state(other, uniform_budget(other, 4, 4), None, OPTIONS).result)
+
+
+def test_blitted_png_follows_the_policy(ind, kinds):
+    chart = PolicyChart.draw(search_state(ind, uniform_budget(ind, 5, 5), None, OPTIONS).result, kinds)
+    high = chart.png()
+    render_search(ind, kinds, uniform_budget(ind, 3, 3), None, OPTIONS, chart=chart)
+    low = chart.png()
+    render_search(ind, kinds, uniform_budget(ind, 5, 5), None, OPTIONS, chart=chart)
+    assert high.startswith(b"\x89PNG") and low != high
+    assert chart.png() == high  # back to the first policy: the old, taller bars leave no trace

@@ -19,9 +19,16 @@ def show_error(text: str) -> None:
 
 
 def show_result(fig, text: str) -> None:
-    """``fig is None`` means ``text`` is an error message (what the ``render_*`` functions return)."""
+    """``fig is None`` means ``text`` is an error message (what the ``render_*`` functions return).
+
+    ``fig`` is a matplotlib figure, or a PNG already rendered (bytes)."""
     if fig is None:
         show_error(text)
         return
     print(text)
-    show_figure(fig)
+    if isinstance(fig, bytes):
+        from IPython.display import Image, display
+
+        display(Image(data=fig, format="png"))
+    else:
+        show_figure(fig)
