@@ -114,7 +114,7 @@ def load_into(model: torch.nn.Module, state: dict, source: str = "checkpoint") -
 
 
 def load_pretrained(name: str, device: str = "cpu"):
-    """A shipped full-precision model ('mobilenet_v1_small' or 'resnet20'), in eval mode on ``device``."""
+    """A shipped full-precision model ('mobilenet_v1_small', 'resnet20' or 'mobilenet_v3_small'), in eval mode on ``device``."""
     from mpqlab.models import build_model
 
     model = build_model(name)

@@ -6,10 +6,10 @@ from mpqlab.checkpoint import checkpoint_dir, load_pretrained, read_meta
 from mpqlab.data import make_loaders
 from mpqlab.train import evaluate
 
-MIN_ACCURACY = {"mobilenet_v1_small": 0.90, "resnet20": 0.90}
+MIN_ACCURACY = {"mobilenet_v1_small": 0.90, "resnet20": 0.90, "mobilenet_v3_small": 0.90}
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1_small", "resnet20"])
+@pytest.mark.parametrize("name", ["mobilenet_v1_small", "resnet20", "mobilenet_v3_small"])
 def test_checkpoint_accuracy_matches_its_log(name, splits):
     meta = read_meta(checkpoint_dir() / f"{name}.pt")
     acc = evaluate(load_pretrained(name), make_loaders(splits)["test"])

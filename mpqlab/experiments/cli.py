@@ -16,7 +16,8 @@ def experiment_parser(doc: str, results: Path | None) -> argparse.ArgumentParser
     # One thread by default: the experiments are usually run next to other work on a 2-core laptop, and
     # torch's default of one thread per core then oversubscribes the machine.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", type=Path, default=results, help=f"result file (default {results})")
+    parser.add_argument("--out", type=Path, default=results,
+                        help="result file" + (f" (default {results})" if results is not None else ""))
     return parser
 
 

@@ -13,7 +13,6 @@ uniform bit-width. Run
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args
 from mpqlab.limpq.indicators import save_indicators
 from mpqlab.limpq.joint import JointConfig, indicators_from_model, searchable_layers, set_bits, train_joint
 from mpqlab.train import evaluate, seed_everything
@@ -93,16 +93,13 @@ def run(model_name: str, config: JointConfig, eval_images: int = 2000, device: s
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, None)
     parser.add_argument("--model", default="mobilenet_v1_small", choices=["mobilenet_v1_small", "resnet20"])
     parser.add_argument("--steps", type=int, default=150, help="joint steps (each n + 1 passes)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bn-per-bits", action="store_true", help="one BatchNorm per bit-width")
     parser.add_argument("--eval-images", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: default 1)")
-    parser.add_argument("--out", type=Path, default=None, help="default data/results/limpq_<model>.json")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(parser, argv)
     config = JointConfig(steps=args.steps, batch_size=args.batch_size, bn_per_bits=args.bn_per_bits)
     out = args.out or results_path(args.model)
     extra = run(args.model, config, args.eval_images, out=out)
