@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mpqlab-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: lab test setup browser-deps runtime html pretrain benchmarks clean
+.PHONY: lab test setup browser-deps runtime html html-fresh pretrain benchmarks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,18 @@ benchmarks: $(STAMP)
 pretrain: $(STAMP)
 	$(PY) -m mpqlab.pretrain --model all
 
+# Static HTML for a course website, in site/ with an index.html. The notebooks are stored executed, so
+# `html` exports their outputs as they are (about a minute); `html-fresh` re-executes every notebook first
+# (as long as `make runtime` reports).
+NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
+
 html: $(STAMP)
-	$(VENV)/bin/jupyter nbconvert --to html --execute --output-dir site notebooks/*.ipynb
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir site $(NOTEBOOKS)
+	$(PY) docs/make_site.py site
+
+html-fresh: $(STAMP)
+	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=600 --output-dir site $(NOTEBOOKS)
+	$(PY) docs/make_site.py site
 
 clean:
 	rm -rf site screenshots .pytest_cache

@@ -203,15 +203,25 @@ def clipping_mse_curve(x: torch.Tensor, bits: int, symmetric: bool = False, sign
     return _clipping_mse(rows, x_min, x_max, bits, symmetric, signed, narrow, num_candidates)
 
 
+MSE_CHUNK_ELEMENTS = 2**22  # candidates are scored together in chunks of about this many values (16 MB)
+
+
 def _clipping_mse(rows, x_min, x_max, bits, symmetric, signed, narrow, num_candidates):
     """``clipping_mse_curve`` on rows (C, N) with the full range ``[x_min, x_max]`` (C,) given."""
     q_min, q_max = quant_range(bits, signed, narrow)
     ratios = torch.linspace(1.0 / num_candidates, 1.0, num_candidates, device=rows.device)
     mse = torch.empty(num_candidates, rows.shape[0], device=rows.device)
-    for k, r in enumerate(ratios.tolist()):
-        scale, zero_point = qparams_from_range(r * x_min, r * x_max, bits, symmetric, signed, narrow)
-        x_hat = fake_quantize(rows, scale, zero_point, q_min, q_max, ch_axis=0)
-        mse[k] = (x_hat - rows).pow(2).mean(dim=1)
+    channels, n = rows.shape
+    chunk = max(1, MSE_CHUNK_ELEMENTS // rows.numel())
+    # Several candidates per fake_quantize call: one Python round trip per chunk instead of one per
+    # candidate (calibrating a network calls this for every quantizer), with the same arithmetic.
+    for start in range(0, num_candidates, chunk):
+        r = ratios[start:start + chunk, None]  # (k, 1)
+        k = r.shape[0]
+        scale, zero_point = qparams_from_range(r * x_min, r * x_max, bits, symmetric, signed, narrow)  # (k, C)
+        x_hat = fake_quantize(rows.expand(k, channels, n).reshape(k * channels, n), scale.flatten(),
+                              zero_point.flatten(), q_min, q_max, ch_axis=0)  # (k * C, N)
+        mse[start:start + k] = (x_hat.view(k, channels, n) - rows).pow(2).mean(dim=2)
     return ratios, mse
 
 
