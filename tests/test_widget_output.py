@@ -10,6 +10,7 @@ from mpqlab.widgets.log_grid import render_log_grid
 from mpqlab.widgets.lsq_transfer import render_lsq_transfer
 from mpqlab.widgets.outlier import render_outlier_grid
 from mpqlab.widgets.quantizer_explorer import render_quantizer
+from mpqlab.widgets.weighted_entropy_grid import render_weight_grid
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def test_figure_png_has_the_drawn_content():
     lambda w: render_log_grid(w, 4, 0)[0],
     lambda w: render_outlier_grid(w, 4, 0.01)[0],
     lambda w: render_lsq_transfer(3, 0.2)[0],
+    lambda w: render_weight_grid(w, 3, "weighted entropy")[0],
 ])
 def test_panel_figures_stay_outside_pyplot(render):
     w = torch.randn(64, 9, generator=torch.Generator().manual_seed(0))
