@@ -9,7 +9,7 @@ One more run repeats LSQ at ``ablation_bits`` with the gradient scale switched o
 1/sqrt(N Q_P)) at the same learning rates: the LSQ paper's ablation, in miniature. A run whose quantizer
 parameters leave their valid range (a step size pushed below zero) is recorded with its error message.
 
-    python -m mpqlab.experiments.qat_sweep [--steps 30] [--bits 4 3 2] [--out PATH]
+    python -m mpqlab.experiments.qat_sweep [--steps 90] [--bits 4 3 2] [--out PATH]
 
 rewrites ``data/results/qat_sweep.json`` (one thread; the file records the seconds it took).
 """
@@ -40,7 +40,7 @@ class Settings:
     methods: tuple = ("pact", "qil", "lsq", "lsq_plus")
     bits: tuple = (4, 3, 2)  # W{b}A{b}; first conv and fc stay at first_last_bits
     first_last_bits: int = 8
-    steps: int = 30  # SGD steps of batch_size images per run (an epoch is 430 steps)
+    steps: int = 90  # SGD steps of batch_size images per run (an epoch is 430 steps)
     chunk: int = 10  # a point on the training curve every chunk steps
     lr: float = 0.01  # network weights: SGD, momentum 0.9, cosine decay to 0, no weight decay
     quant_lr: float = 0.001  # quantizer parameters (alpha, c, d, gamma, s, beta)
