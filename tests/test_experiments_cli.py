@@ -29,3 +29,16 @@ def test_zero_threads_is_refused_with_a_message(capsys):
 def test_report_line(capsys):
     report_written(Path("r.json"), {"seconds": 12.4})
     assert capsys.readouterr().out == "wrote r.json in 12 s\n"
+
+
+def test_finish_result_stamps_and_writes_atomically(tmp_path):
+    import json
+    import time
+
+    from mpqlab.experiments.cli import finish_result
+
+    out = tmp_path / "r.json"
+    result = finish_result({"runs": [1]}, time.perf_counter() - 2.0, out)
+    assert result["seconds"] >= 2.0 and result["timestamp"].endswith("+00:00")
+    assert json.loads(out.read_text()) == result
+    assert "seconds" in finish_result({}, time.perf_counter(), None)  # None: nothing written

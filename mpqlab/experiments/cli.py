@@ -34,3 +34,18 @@ def parse_experiment_args(parser: argparse.ArgumentParser, argv=None) -> argpars
 
 def report_written(out: Path, result: dict) -> None:
     print(f"wrote {out} in {result['seconds']:.0f} s")
+
+
+def finish_result(result: dict, start: float, out: Path | None) -> dict:
+    """Stamp a finished run with its wall ``seconds`` (since ``time.perf_counter()`` was ``start``) and
+    a UTC ``timestamp``, and write it atomically to ``out`` (unless None). Returns ``result``."""
+    import time
+    from datetime import datetime, timezone
+
+    from mpqlab.checkpoint import atomic_write_json
+
+    result["seconds"] = time.perf_counter() - start
+    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if out is not None:
+        atomic_write_json(out, result)
+    return result

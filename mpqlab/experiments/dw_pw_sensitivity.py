@@ -21,15 +21,14 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
 from mpqlab.limpq.sensitivity import initialize_steps, layer_steps, quantize_single_layer
 from mpqlab.train import cosine_schedule, evaluate, seed_everything, train_epoch
 
@@ -111,11 +110,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
                 result["runs"].append(row)
                 print(f"{layer:>10s} {bits} bits: acc {row['accuracy']:.4f} (PTQ {row['ptq_accuracy']:.4f}), "
                       f"s_w {row['w_step']:.4g}, s_a {row['a_step']:.4g}, {row['seconds']:.0f} s", flush=True)
-    result["seconds"] = time.perf_counter() - start
-    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    return finish_result(result, start, out)
 
 
 def main(argv=None) -> None:

@@ -22,16 +22,15 @@ import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import fashion_mnist_splits, make_loaders, repo_data_dir
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
 from mpqlab.models import build_model
 from mpqlab.qat import subset_loader
 from mpqlab.quant.outlier import CompressedSavedActivations
@@ -147,11 +146,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
         result["runs"]["compressed" if compressed else "float"] = row
         print(f"{'compressed' if compressed else 'float':>10s}: val accuracy {row['val_accuracy'][-1]:.3f} "
               f"after {settings.steps} steps ({row['seconds']:.0f} s)", flush=True)
-    result["seconds"] = time.perf_counter() - start
-    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    return finish_result(result, start, out)
 
 
 def main(argv=None) -> None:

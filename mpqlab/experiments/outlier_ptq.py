@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import check_tensor
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
 from mpqlab.qat import subset_loader
 from mpqlab.quant.outlier import OutlierQuantizer
 from mpqlab.quant.policy import quantize_model, uniform_policy
@@ -107,11 +106,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
                    "accuracy": evaluate(qmodel, scorer, device), "outlier_share": outlier_share(qmodel)}
             result["runs"].append(row)
             print(f"W{bits}A{bits}, {100 * ratio:.1f}% outliers: {row['accuracy']:.3f}", flush=True)
-    result["seconds"] = time.perf_counter() - start
-    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    return finish_result(result, start, out)
 
 
 def main(argv=None) -> None:

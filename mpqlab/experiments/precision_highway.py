@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
 from mpqlab.highway import highway_resnet
 from mpqlab.qat import fine_tune, subset_loader
 from mpqlab.quant.ptq import calibrate
@@ -88,11 +87,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
             result["runs"].append(row)
             print(f"W{bits}A{bits}, {SKIPS[skip]}: {row['start_accuracy']:.3f} -> {row['accuracy']:.3f} "
                   f"({row['seconds']:.0f} s)", flush=True)
-    result["seconds"] = time.perf_counter() - start
-    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    return finish_result(result, start, out)
 
 
 def main(argv=None) -> None:

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
 from mpqlab.qat import build_qat_model, clip_vs_max, fine_tune, subset_loader
 from mpqlab.quant.pact import pact_l2
 from mpqlab.train import evaluate
@@ -85,11 +84,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
         result["runs"].append(row)
         shown = row.get("error") or f"{row['start_accuracy']:.3f} -> {row['accuracy']:.3f} ({row['seconds']:.0f} s)"
         print(f"{method:>9s} W{bits}A{bits} g={'on' if grad_scale else 'off'}: {shown}", flush=True)
-    result["seconds"] = time.perf_counter() - start
-    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    return finish_result(result, start, out)
 
 
 def main(argv=None) -> None:
