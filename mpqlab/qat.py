@@ -33,7 +33,7 @@ from mpqlab.quant.lsq_plus import LSQPlusQuantizer, lsq_plus_mse_init, lsq_plus_
 from mpqlab.quant.pact import DoReFaWeightQuantizer, PACTQuantizer, pact_act_quantizer, pact_weight_quantizer
 from mpqlab.quant.policy import quantizable_layers, quantize_model, uniform_policy
 from mpqlab.quant.qil import QILQuantizer, qil_act_quantizer, qil_weight_quantizer
-from mpqlab.train import cosine_schedule, evaluate, seed_everything
+from mpqlab.train import cosine_schedule, evaluate, repeat_epochs, seed_everything
 
 def lsq_plus_mse_act_quantizer(bits: int, name: str = "", layer: nn.Module | None = None) -> LSQPlusQuantizer:
     """LSQ+ activations with the paper's least-squares initialisation of (s, beta)."""
@@ -210,8 +210,8 @@ def fine_tune(qmodel: nn.Module, splits, steps: int = 60, lr: float = 0.01, quan
     first ``curve_images`` validation images. ``extra_loss(model)`` is added to the loss (PACT's L2 on alpha).
     """
     check_positive(lr, name="lr"), check_positive(quant_lr, name="quant_lr")
-    if not 1 <= steps <= 430 or chunk < 1:
-        raise QuantParamError(f"steps must be in 1..430 (one epoch) and chunk >= 1, got steps={steps}, chunk={chunk}")
+    if steps < 1 or chunk < 1:
+        raise QuantParamError(f"steps and chunk must be at least 1, got steps={steps}, chunk={chunk}")
     start = time.perf_counter()
     seed_everything(seed)
     x, _ = splits.train.tensors
@@ -223,10 +223,10 @@ def fine_tune(qmodel: nn.Module, splits, steps: int = 60, lr: float = 0.01, quan
     loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True)
     optimizer = torch.optim.SGD(param_groups(qmodel, lr, quant_lr), momentum=0.9)
     scheduler = cosine_schedule(optimizer, steps)
-    batches, losses = iter(loader), []
+    batches, losses = repeat_epochs(loader), []
     for step in tqdm(range(1, steps + 1), desc="fine-tune", leave=False):
         frozen_bn_train(qmodel)
-        images, labels = next(batches)  # steps stay below one epoch (430 batches) in every use
+        images, labels = next(batches)
         loss = nn.functional.cross_entropy(qmodel(images.to(device)), labels.to(device))
         if extra_loss is not None:
             loss = loss + extra_loss(qmodel)

@@ -24,6 +24,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def repeat_epochs(loader):
+    """The batches of ``loader`` without end: a fine-tune of more steps than one epoch starts another pass.
+
+    A shuffling DataLoader with a seeded generator reshuffles from that generator on every pass, so the
+    whole sequence is still fixed by the seed.
+    """
+    while True:
+        yield from loader
+
+
 def default_device() -> str:
     """'cuda' when a GPU is available, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -132,3 +132,13 @@ def test_fine_tune_rejects_bad_settings(model):
         fine_tune(build_qat_model(model, "lsq", 4), tiny_splits(), steps=0)
     with pytest.raises(QuantParamError, match="lr"):
         fine_tune(build_qat_model(model, "lsq", 4), tiny_splits(), steps=1, lr=-1.0)
+
+
+def test_fine_tune_runs_past_one_epoch(splits):
+    from mpqlab.checkpoint import load_pretrained
+
+    # 48 images in batches of 16 is 3 steps per epoch; 7 steps start two more passes instead of running dry
+    small = Splits(*(TensorDataset(*(t[:48] for t in d.tensors)) for d in (splits.train, splits.val, splits.test)))
+    r = fine_tune(build_qat_model(load_pretrained("mobilenet_v1_small"), "lsq", 4), small, steps=7, chunk=7,
+                  eval_images=16, curve_images=16, batch_size=16)
+    assert r.steps == [7] and math.isfinite(r.train_loss[0])

@@ -56,3 +56,19 @@ def test_pretrain_script_writes_checkpoint_and_log(tmp_path, monkeypatch):
     pretrain_main(["--model", "mobilenet_v1_small", "--out", str(tmp_path)])
     assert (tmp_path / "mobilenet_v1_small.pt").is_file()
     assert "test acc" in (tmp_path / "mobilenet_v1_small.log").read_text()
+
+
+def test_repeat_epochs_reshuffles_from_the_seeded_generator():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mpqlab.train import repeat_epochs
+
+    def first_passes(seed):
+        loader = DataLoader(TensorDataset(torch.arange(6)), batch_size=2, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        batches = repeat_epochs(loader)
+        return [next(batches)[0].tolist() for _ in range(9)]  # three passes of three batches
+
+    run = first_passes(0)
+    assert sorted(sum(run[:3], [])) == sorted(sum(run[3:6], [])) == list(range(6))  # each pass sees every item
+    assert run[:3] != run[3:6] and run == first_passes(0)  # a new order each pass, the same on a rerun

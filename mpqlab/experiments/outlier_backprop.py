@@ -34,7 +34,7 @@ from mpqlab.experiments.cli import experiment_parser, finish_result, parse_exper
 from mpqlab.models import build_model
 from mpqlab.qat import subset_loader
 from mpqlab.quant.outlier import CompressedSavedActivations
-from mpqlab.train import cosine_schedule, evaluate, seed_everything
+from mpqlab.train import cosine_schedule, evaluate, repeat_epochs, seed_everything
 
 RESULTS = repo_data_dir() / "results" / "outlier_backprop.json"
 
@@ -104,7 +104,7 @@ def train_run(settings: Settings, splits, compressed: bool, device: str = "cpu",
     steps = settings.steps if steps is None else steps
     seed_everything(settings.seed)
     model = build_model(settings.model).to(device)
-    batches = iter(make_loaders(splits, settings.batch_size, settings.seed)["train"])
+    batches = repeat_epochs(make_loaders(splits, settings.batch_size, settings.seed)["train"])
     curve_loader = subset_loader(splits.val, settings.val_images)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                                 weight_decay=settings.weight_decay)
@@ -113,7 +113,7 @@ def train_run(settings: Settings, splits, compressed: bool, device: str = "cpu",
     losses, curve_steps, curve = [], [], []
     start = time.perf_counter()
     for step in tqdm(range(1, steps + 1), desc="compressed" if compressed else "float", leave=False):
-        images, labels = next(batches)  # steps stay below one epoch
+        images, labels = next(batches)
         model.train()
         saving = CompressedSavedActivations(settings.bits, settings.ratio) if compressed else contextlib.nullcontext()
         with saving:  # only the forward pass saves tensors; backward reads them back through the same hooks

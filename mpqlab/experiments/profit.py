@@ -35,7 +35,7 @@ from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, rep
 from mpqlab.profit import (aiwq_step, bn_fluctuation, bn_only, bn_running_means, build_profit_model, conv_role,
                            freeze_layers, layers_to_freeze, quant_layers)
 from mpqlab.qat import param_groups, recalibrate_bn, subset_loader
-from mpqlab.train import cosine_schedule, evaluate, seed_everything
+from mpqlab.train import cosine_schedule, evaluate, repeat_epochs, seed_everything
 
 RESULTS = repo_data_dir() / "results" / "profit.json"
 PHASES = (("all layers train", 0.0), ("1/3 frozen", 1 / 3), ("2/3 frozen", 2 / 3), ("BN only", None))
@@ -72,9 +72,8 @@ def prepare(fp_model, bits: int, settings: Settings, splits, scheme: str = "shif
 
 def _batches(splits, settings: Settings):
     generator = torch.Generator().manual_seed(settings.seed)
-    while True:  # a new seeded pass whenever the steps outrun one epoch
-        yield from DataLoader(splits.train, batch_size=settings.batch_size, shuffle=True, generator=generator,
-                              drop_last=True)
+    return repeat_epochs(DataLoader(splits.train, batch_size=settings.batch_size, shuffle=True, generator=generator,
+                                    drop_last=True))
 
 
 def run_schedule(fp_model, bits: int, freeze: bool, settings: Settings, splits, scheme: str = "shifted",
