@@ -268,3 +268,29 @@ def test_lsq_plus_quantizer_learns_offset_and_reinitialises_on_new_bits():
         q.step.fill_(0.0)
     with pytest.raises(QuantParamError):
         q(x)
+
+
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_fast_function_matches_the_plain_formulas_bit_for_bit(with_offset):
+    # the formulas written the obvious way (a float STE mask, as the code did before it was made faster):
+    # the faster autograd.Function must give exactly these values, so shipped results reproduce bit for bit
+    torch.manual_seed(3)
+    x, grad = torch.randn(20000) * 3, torch.randn(20000)
+    offset = torch.tensor(-0.2) if with_offset else torch.tensor(0.0)
+    s, q_min, q_max, g = torch.tensor(0.37), -8, 7, 0.01
+    v = (x - offset) / s
+    inside = ((v > q_min) & (v < q_max)).float()
+    v_clip = v.clamp(q_min, q_max)
+    v_bar = torch.round(v_clip)
+    expected_y = v_bar * s + offset if with_offset else v_bar * s
+    expected_gx = grad * inside
+    expected_gs = (torch.dot(grad, v_bar) - torch.dot(expected_gx, v_clip)) * g
+
+    xx, ss = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    oo = offset.clone().requires_grad_(True) if with_offset else None
+    y = lsq_quantize(xx, ss, q_min, q_max, g, offset=oo)
+    y.backward(grad)
+    assert torch.equal(y.detach(), expected_y) and torch.equal(xx.grad, expected_gx)
+    assert float(ss.grad) == float(expected_gs)
+    if with_offset:
+        assert float(oo.grad) == float((grad.sum() - expected_gx.sum()) * g)
