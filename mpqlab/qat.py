@@ -57,8 +57,11 @@ def edge_quantizers(bits: int, first: bool) -> tuple[LSQQuantizer, LSQQuantizer]
 
 
 def build_qat_model(model: nn.Module, method: str, bits: int, first_last_bits: int = 8,
-                    grad_scale: bool = True, weight_factory=None, act_factory=None) -> nn.Module:
+                    grad_scale: bool = True, weight_factory=None, act_factory=None,
+                    a_bits: int | None = None) -> nn.Module:
     """A quantized copy of ``model``: ``method`` at W``bits``A``bits``, first and last layers at ``first_last_bits``.
+
+    ``a_bits`` gives the activations a bit-width of their own (W``bits``A``a_bits``).
 
     ``first_last_bits=None`` quantizes the first and last layers with the method's factories like the rest.
 
@@ -80,7 +83,8 @@ def build_qat_model(model: nn.Module, method: str, bits: int, first_last_bits: i
     def acts(b, name, layer):
         return edge_quantizers(b, name == first)[1] if name in edges else a_factory(b, name, layer)
 
-    qmodel = quantize_model(model, uniform_policy(model, bits, bits, first_last_bits),
+    a_bits = bits if a_bits is None else a_bits
+    qmodel = quantize_model(model, uniform_policy(model, bits, a_bits, first_last_bits),
                             weight_quantizer=weights, act_quantizer=acts)
     if not grad_scale:
         for q in qmodel.modules():
