@@ -203,7 +203,8 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 256
 
 def fine_tune(qmodel: nn.Module, splits, steps: int = 60, lr: float = 0.01, quant_lr: float = 0.001,
               chunk: int = 10, eval_images: int = 2000, curve_images: int = 500, batch_size: int = 128,
-              seed: int = 0, extra_loss=None, max_grad_norm: float = 1.0, device: str = "cpu") -> QATResult:
+              seed: int = 0, extra_loss=None, max_grad_norm: float = 1.0, device: str = "cpu",
+              initialize: bool = True) -> QATResult:
     """``steps`` SGD steps (momentum 0.9, cosine decay) on seeded batches, scoring every ``chunk`` steps.
 
     Before training, the quantizers are initialised from data and batch norm re-estimates its statistics on
@@ -212,6 +213,8 @@ def fine_tune(qmodel: nn.Module, splits, steps: int = 60, lr: float = 0.01, quan
 
     Accuracy is measured on the first ``eval_images`` test images before and after; the curve uses the
     first ``curve_images`` validation images. ``extra_loss(model)`` is added to the loss (PACT's L2 on alpha).
+    ``initialize=False`` keeps the quantizers' learned parameters (the next stage of a progressive schedule,
+    after lowering the bit-width); batch norm is re-estimated either way.
     """
     check_positive(lr, name="lr"), check_positive(quant_lr, name="quant_lr")
     if steps < 1 or chunk < 1:
@@ -219,7 +222,8 @@ def fine_tune(qmodel: nn.Module, splits, steps: int = 60, lr: float = 0.01, quan
     start = time.perf_counter()
     seed_everything(seed)
     x, _ = splits.train.tensors
-    initialize_quantizers(qmodel, x[:256], device)
+    if initialize:
+        initialize_quantizers(qmodel, x[:256], device)
     recalibrate_bn(qmodel, x[:1024], device=device)
     scorer, curve = subset_loader(splits.test, eval_images), subset_loader(splits.val, curve_images)
     result = QATResult(start_accuracy=evaluate(qmodel, scorer, device), accuracy=float("nan"))

@@ -8,6 +8,8 @@ the sweep's LSQ W2A2 run (same seed, batches, learning rates, first conv and cla
     W2A4          2-bit weights, 4-bit activations
     W4A2          4-bit weights, 2-bit activations
     ResNet-20     the same W2A2 recipe on the shipped ResNet-20, whose skip connections carry the signal
+    QIL 5-4-3-2   QIL's progressive schedule: W5A5, then 4, 3 and 2 bits, ``steps`` steps each, every stage
+                  starting from the last one's weights and intervals (Jung et al. 2019)
 
     python -m mpqlab.experiments.two_bit [--steps 90] [--long-steps 430] [--out PATH]
 
@@ -27,6 +29,8 @@ from mpqlab.data import fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError
 from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
 from mpqlab.qat import build_qat_model, fine_tune
+from mpqlab.quant.qil import progressive_schedule
+from mpqlab.quant.qil import set_bits as qil_set_bits
 
 RESULTS = repo_data_dir() / "results" / "two_bit.json"
 
@@ -45,9 +49,9 @@ class Settings:
 
 
 def configs(settings: Settings) -> list[dict]:
-    """One dict per run: label, model, w_bits, a_bits, steps, lr, quant_lr."""
-    base = dict(model="mobilenet_v1_small", w_bits=2, a_bits=2, steps=settings.steps, lr=settings.lr,
-                quant_lr=settings.quant_lr)
+    """One dict per run: label, model, method, w_bits, a_bits, steps (per stage), lr, quant_lr, schedule."""
+    base = dict(model="mobilenet_v1_small", method="lsq", w_bits=2, a_bits=2, steps=settings.steps, lr=settings.lr,
+                quant_lr=settings.quant_lr, schedule=None)
     return [
         base | {"label": "as in the sweep"},
         base | {"label": "longer", "steps": settings.long_steps},
@@ -55,20 +59,37 @@ def configs(settings: Settings) -> list[dict]:
         base | {"label": "W2A4", "a_bits": 4},
         base | {"label": "W4A2", "w_bits": 4},
         base | {"label": "ResNet-20", "model": "resnet20"},
+        base | {"label": "QIL 5-4-3-2", "method": "qil", "schedule": list(progressive_schedule(5, 2))},
     ]
 
 
 def one_run(config: dict, settings: Settings, splits, device: str = "cpu") -> dict:
-    """LSQ fine-tune of one configuration; a quantizer pushed out of its valid range is recorded as an error."""
+    """Fine-tune one configuration; a quantizer pushed out of its valid range is recorded as an error.
+
+    With a ``schedule`` the stages run one after another on the same model, and the curve spans all of them.
+    """
     model = load_pretrained(config["model"], device)
-    qmodel = build_qat_model(model, "lsq", config["w_bits"], a_bits=config["a_bits"])
+    schedule = config["schedule"] or [config["w_bits"]]
+    qmodel = build_qat_model(model, config["method"], schedule[0], a_bits=config["a_bits"] if not config["schedule"] else None)
     chunk = max(settings.chunk, config["steps"] // 10)
-    try:
-        res = fine_tune(qmodel, splits, config["steps"], config["lr"], config["quant_lr"], chunk, settings.eval_images,
-                        settings.curve_images, settings.batch_size, settings.seed, device=device)
-    except MpqlabError as err:
-        return config | {"error": f"{type(err).__name__}: {err}"}
-    return config | asdict(res)
+    row = config | {"steps": [], "train_loss": [], "val_accuracy": [], "stage_accuracy": [], "seconds": 0.0}
+    for stage, bits in enumerate(schedule):
+        if config["schedule"]:
+            qil_set_bits(qmodel, bits)
+        try:
+            res = fine_tune(qmodel, splits, config["steps"], config["lr"], config["quant_lr"], chunk,
+                            settings.eval_images, settings.curve_images, settings.batch_size, settings.seed + stage,
+                            device=device, initialize=stage == 0)
+        except MpqlabError as err:
+            return row | {"error": f"{type(err).__name__}: {err}"}
+        if stage == 0:
+            row["start_accuracy"] = res.start_accuracy
+        row["steps"] += [stage * config["steps"] + s for s in res.steps]
+        row["train_loss"] += res.train_loss
+        row["val_accuracy"] += res.val_accuracy
+        row["stage_accuracy"].append(res.accuracy)
+        row["seconds"] += res.seconds
+    return row | {"accuracy": row["stage_accuracy"][-1]}
 
 
 def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None = RESULTS,
