@@ -47,7 +47,7 @@ class Settings:
     batch_size: int = 128
     eval_images: int = 1000  # first N test images, scored before and after fine-tuning
     curve_images: int = 300  # first N validation images, scored after every chunk
-    ablation_bits: int = 2  # LSQ with g = 1 at this bit-width
+    ablation_bits: int = 3  # LSQ with g = 1 at this bit-width (at 2 bits even the run with g stays at chance)
     seed: int = 0
 
 
