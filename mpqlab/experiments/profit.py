@@ -10,9 +10,9 @@ train in every phase. Each phase ends with the accuracy on the first ``eval_imag
 fluctuation of the batch-norm running means during the phase.
 
 A second, smaller part fine-tunes the three h-swish grids (unsigned, signed, shifted) for ``scheme_steps``.
-The runs are *short* (a fraction of an epoch): see the notebook for what that does and does not show.
+The runs are short next to the paper's (1.4 epochs in all): see the notebook for what that does and does not show.
 
-    python -m mpqlab.experiments.profit [--phase-steps 20] [--bits 4 3] [--out PATH]
+    python -m mpqlab.experiments.profit [--phase-steps 150] [--bits 4 3] [--out PATH]
 
 rewrites ``data/results/profit.json`` and a ``.log`` beside it (one thread; both record the seconds).
 """
@@ -46,7 +46,7 @@ class Settings:
     model: str = "mobilenet_v3_small"  # shipped checkpoint every run starts from
     bits: tuple = (4, 3)  # W{b}A{b}; first conv and fc stay at first_last_bits
     first_last_bits: int = 8
-    phase_steps: int = 20  # SGD steps per phase; 4 phases (an epoch is 430 steps)
+    phase_steps: int = 150  # SGD steps per phase; 4 phases = 600 steps, 1.4 epochs (an epoch is 429 steps)
     aiwq_steps: int = 3  # the last steps of each phase also measure AIWQ (averaged)
     scheme_steps: int = 20  # fine-tune steps for each h-swish grid (0: skip that part)
     scheme_bits: int = 3
