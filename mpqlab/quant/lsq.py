@@ -115,12 +115,21 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, q_min: int, q_max: int,
     >>> lsq_quantize(torch.tensor([0.26, 0.74, 5.0]), torch.tensor(0.5), 0, 3)
     tensor([0.5000, 0.5000, 1.5000])
     """
+    if torch.compiler.is_compiling() and offset is None:
+        # Inside torch.compile the detach-trick form is faster: inductor fuses it and the backward it derives
+        # into a few kernels, while the hand-written backward stays a chain of separate calls (measured: a
+        # compiled W4A4 step 1.5-1.6x of the float step with the Function, 0.85-0.9x with this form). The two
+        # differ only for values exactly on a grid end, where clamp's gradient counts the end as inside.
+        return lsq_quantize_autograd(x, step, q_min, q_max, grad_factor)
     return _LSQFunction.apply(x, step, offset, float(q_min), float(q_max), float(grad_factor))
 
 
 def lsq_quantize_autograd(x: torch.Tensor, step: torch.Tensor, q_min: int, q_max: int,
                           grad_factor: float = 1.0) -> torch.Tensor:
-    """The same quantizer written with detach tricks, letting autograd derive the gradients (slower; a reference).
+    """The same quantizer written with detach tricks, letting autograd derive the gradients.
+
+    Slower in eager mode (a reference for the tests); inside ``torch.compile`` it is the faster form, and
+    ``lsq_quantize`` switches to it there.
 
     ``step * g + (step - step * g).detach()`` has the value of ``step`` and gradient ``g``.
     """
