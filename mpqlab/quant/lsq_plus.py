@@ -73,16 +73,22 @@ class LSQPlusQuantizer(Quantizer):
         self.step = nn.Parameter(torch.tensor(1.0))
         self.offset = nn.Parameter(torch.tensor(0.0)) if role == "act" else None
         self.register_buffer("initialized", torch.tensor(False))
+        # Python mirror of `initialized`, so that torch.compile does not break the graph reading a tensor every call
+        self._ready = False
+        self.register_load_state_dict_post_hook(_forget_ready)
 
     def bits_changed(self) -> None:
         self.initialized.fill_(False)
+        self._ready = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             raise TensorValueError(f"LSQ+ got an empty tensor of shape {tuple(x.shape)}: nothing to quantize")
         q_min, q_max = lsq_range(self.bits, signed=self.role == "weight")
-        if not bool(self.initialized):
-            self._initialize(x.detach(), q_min, q_max)
+        if not self._ready:
+            if not bool(self.initialized):
+                self._initialize(x.detach(), q_min, q_max)
+            self._ready = bool(self.initialized)
         check_step(self.step)
         g = 1.0
         if self.grad_scale:
@@ -119,3 +125,7 @@ def lsq_plus_weight_quantizer(bits: int, name: str = "", layer: nn.Module | None
 def lsq_plus_act_quantizer(bits: int, name: str = "", layer: nn.Module | None = None) -> LSQPlusQuantizer:
     """Factory for ``quantize_model``: an asymmetric LSQ+ activation quantizer (min-max initialisation)."""
     return LSQPlusQuantizer(bits, "act")
+
+
+def _forget_ready(module: LSQPlusQuantizer, incompatible_keys) -> None:
+    module._ready = False  # a loaded state may say differently
