@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpqlab import layer_error
 from mpqlab.errors import PolicyError, check_bits, check_tensor
 from mpqlab.models.resnet import BasicBlock
 from mpqlab.quant.policy import QuantizerFactory, quantize_model, uniform_policy
@@ -96,19 +97,9 @@ def highway_resnet(model: nn.Module, bits: int, skip_bits: int | None, first_las
     return qmodel
 
 
-@torch.no_grad()
 def block_outputs(model: nn.Module, images: torch.Tensor, device: str = "cpu") -> list[torch.Tensor]:
     """The output y_l of every residual block for ``images``, in forward order (model in eval mode)."""
-    check_tensor(images, name="images")
-    outputs: list[torch.Tensor] = []
-    hooks = [blk.register_forward_hook(lambda m, inp, out: outputs.append(out.cpu()))
-             for _, blk in residual_blocks(model)]
-    try:
-        model.eval().to(device)(images.to(device))  # (N, C, H, W)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outputs
+    return list(layer_error.layer_outputs(model, images, [name for name, _ in residual_blocks(model)], device).values())
 
 
 def relative_errors(reference: nn.Module, model: nn.Module, images: torch.Tensor,
@@ -117,8 +108,8 @@ def relative_errors(reference: nn.Module, model: nn.Module, images: torch.Tensor
 
     Norms are Frobenius norms over the whole batch. ``reference`` is the float model.
     """
-    ref, out = block_outputs(reference, images, device), block_outputs(model, images, device)
-    return [float((q - r).norm() / r.norm().clamp(min=1e-12)) for q, r in zip(out, ref)]
+    names = [name for name, _ in residual_blocks(reference)]
+    return list(layer_error.relative_errors(reference, model, images, names, device).values())
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ e_l near 0: the layer still sees what the float network sees. e_l near 1: the qu
 from the float one as the float output is from zero, so little of the float network's signal is left. Errors
 compound: each layer works on the already-distorted output of the one before. Skip connections carry a less
 distorted copy past the blocks (precision highway, notebook 05), which is why a ResNet drifts more slowly than
-a plain stack such as MobileNetV1. Used in the learnable-quantization notebook (06) to show why W2A2 fails.
+a plain stack such as MobileNetV1. Used in the learnable-quantization notebook (06) to show why W2A2 fails,
+and by ``mpqlab.highway`` for the error after every residual block (notebook 05).
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, names: list[str], devi
     return outputs
 
 
+def relative_errors(reference: nn.Module, model: nn.Module, images: torch.Tensor, names: list[str],
+                    device: str = "cpu") -> dict[str, float]:
+    """``{name: e_l}`` for the named modules (present in both models under the same names), in forward order."""
+    ref, out = layer_outputs(reference, images, names, device), layer_outputs(model, images, names, device)
+    return {n: float((out[n] - ref[n]).norm() / ref[n].norm().clamp(min=1e-12)) for n in ref}
+
+
 def layer_relative_errors(reference: nn.Module, model: nn.Module, images: torch.Tensor,
                           device: str = "cpu") -> dict[str, float]:
     """``{layer: e_l}`` for every conv/linear layer of ``reference`` (the float model), in forward order."""
-    names = weighted_layers(reference)
-    ref, out = layer_outputs(reference, images, names, device), layer_outputs(model, images, names, device)
-    return {n: float((out[n] - ref[n]).norm() / ref[n].norm().clamp(min=1e-12)) for n in names}
+    return relative_errors(reference, model, images, weighted_layers(reference), device)
