@@ -28,7 +28,7 @@ def test_smoke_writes_the_selected_runs(tmp_path):
     saved = json.loads(out.read_text())
     assert [r["label"] for r in saved["runs"]] == ["longer", "W4A2"] and saved["seconds"] > 0
     longer, w4a2 = saved["runs"]
-    assert "error" in longer or longer["steps"][-1] == 3
+    assert "error" not in longer and longer["steps"][-1] == 3
     assert (w4a2["w_bits"], w4a2["a_bits"]) == (4, 2)
 
 
