@@ -8,13 +8,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mpqlab-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Exact versions of every package the test suite last passed with (pip, setuptools and torch included).
+# pyproject.toml keeps the ranges mpqlab supports; this file pins one tested point inside them.
+LOCK   := constraints.txt
 
-.PHONY: lab test setup browser-deps runtime html html-fresh pretrain benchmarks clean
+.PHONY: lab test setup lock test-latest browser-deps runtime html html-fresh pretrain benchmarks clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install --quiet -c $(LOCK) --upgrade pip
+	$(PY) -m pip install -c $(LOCK) --build-constraint $(LOCK) -e '.[test]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,6 +32,30 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest
+
+# Refresh the lock: resolve the newest releases inside pyproject.toml's ranges in a scratch venv and
+# write their exact versions to $(LOCK). Then run `make test` (it reinstalls from the new lock) and
+# commit $(LOCK) only if the suite passes.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	@{ echo "# Exact versions the test suite passed with; made by 'make lock' (Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())'), $$(uname -sm))."; \
+	   echo "# Installs use it as a pip constraints file: pip install -c $(LOCK) -e '.[test]'"; \
+	   .venv-lock/bin/python -m pip freeze --all --exclude-editable | LC_ALL=C sort -f; } > $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK); now run 'make test' and commit it if the suite passes"
+
+# Find drift on purpose: the newest releases inside pyproject.toml's ranges, without the lock, in their
+# own venv, running the fast tests (no browser, no notebooks, nothing marked slow).
+test-latest:
+	@test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	.venv-latest/bin/python -m pip freeze --all --exclude-editable | LC_ALL=C sort -f | diff $(LOCK) - | grep '^[<>] [^#]' \
+	  || echo "no drift: the newest releases are the ones in $(LOCK)"
+	.venv-latest/bin/python -m pytest tests -m "not browser and not slow"
 
 runtime: $(STAMP)
 	$(PY) benchmarks/notebook_runtime.py
@@ -53,4 +80,4 @@ html-fresh: $(STAMP)
 	$(PY) docs/make_site.py site
 
 clean:
-	rm -rf site screenshots .pytest_cache
+	rm -rf site screenshots .pytest_cache .venv-lock

@@ -13,6 +13,8 @@ MIN_ACCURACY = {"mobilenet_v1_small": 0.90, "resnet20": 0.90, "mobilenet_v3_smal
 def test_checkpoint_accuracy_matches_its_log(name, splits):
     meta = read_meta(checkpoint_dir() / f"{name}.pt")
     acc = evaluate(load_pretrained(name), make_loaders(splits)["test"])
-    assert acc == pytest.approx(meta["test_acc"], abs=2e-4)
+    # Another CPU sums floats in another order and can flip a near-tie: allow 5 of 10,000 images, far below
+    # what a wrong or damaged checkpoint would cost.
+    assert acc == pytest.approx(meta["test_acc"], abs=5e-4)
     assert acc >= MIN_ACCURACY[name]
     assert meta["seed"] == 0 and meta["epochs"] == len(meta["val_acc"])

@@ -14,15 +14,25 @@ def tiny_loaders(splits, n=256):
             "val": DataLoader(TensorDataset(x[n:2 * n], y[n:2 * n]), batch_size=256)}
 
 
-def test_fit_is_seeded_and_learns(splits):
+def test_fit_is_seeded(splits):
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
         model = mobilenet_v1_small()
-        history = fit(model, tiny_loaders(splits), epochs=2, lr=0.05, seed=0)
+        history = fit(model, tiny_loaders(splits, n=128), epochs=1, lr=0.05, seed=0)
         runs.append(history.train_loss)
-    assert runs[0] == runs[1]  # same seed, same numbers
-    assert runs[0][1] < runs[0][0]
+    assert runs[0] == runs[1]  # same seed, same numbers, bit for bit
+
+
+def test_fit_learns(splits):
+    # Learning is asserted where it is certain, not on the last digits of a float sum that differ between
+    # CPUs: 3 epochs of 16 batches take the loss from ~ln 10 = 2.30 to ~1.3 and validation accuracy from
+    # chance (10%) to ~45% (measured on 2026-12-06); the margins below are several times that noise.
+    torch.manual_seed(0)
+    model = mobilenet_v1_small()
+    history = fit(model, tiny_loaders(splits, n=1024), epochs=3, lr=0.05, seed=0)
+    assert history.train_loss[-1] < 0.8 * history.train_loss[0]
+    assert history.val_acc[-1] > 0.25
 
 
 def test_cosine_schedule_warms_up_then_decays():
