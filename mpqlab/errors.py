@@ -78,6 +78,33 @@ def check_tensor(x, *, name: str = "x"):
     return x
 
 
+def check_floating(x, *, name: str = "x"):
+    """Raise TensorValueError unless ``x`` is a floating-point tensor; return it unchanged.
+
+    Quantizers and observers map real numbers onto a grid: an integer or bool tensor has no meaningful
+    scale (and torch truncates one computed from it), so it is refused with the conversion to use.
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TensorValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        dtype = str(x.dtype).removeprefix("torch.")
+        raise TensorValueError(f"quantizers take floating-point tensors; {name} is {dtype}, "
+                               "convert it with x.float()")
+    return x
+
+
+def check_int(value, *, name: str, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an int in ``[low, high]`` (``high=None``: no upper bound), else raise QuantParamError."""
+    allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise QuantParamError(f"{name} must be {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise QuantParamError(f"{name} must be {allowed}, got {value}")
+    return int(value)
+
+
 def check_positive(value, *, name: str) -> float:
     """Return ``value`` as a float if it is finite and > 0, else raise QuantParamError."""
     try:

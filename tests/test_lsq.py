@@ -195,8 +195,11 @@ def test_bad_inputs():
         q(torch.ones(3))
     q = LSQQuantizer(4, "act", init_step=0.5)
     x = torch.tensor([1.0, float("nan")], requires_grad=True)
-    with pytest.raises(TensorValueError, match="NaN/Inf"):
-        q(x).sum().backward()
+    with pytest.raises(TensorValueError, match="1 NaN and 0 Inf"):  # refused before it reaches the step
+        q(x)
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(TensorValueError, match="NaN/Inf"):  # a NaN arriving from the loss, in backward
+        q(x).backward(torch.tensor([1.0, float("nan")]))
 
 
 def test_check_finite_grads_names_the_parameter():
@@ -332,3 +335,44 @@ def test_lsq_plus_initialises_again_after_loading_an_uninitialised_state_or_new_
     q.bits = 2
     q(torch.tensor([0.0, 3.0]))
     assert float(q.step.detach()) == pytest.approx(3.0 / 3)
+
+
+@pytest.mark.parametrize("value", [2.0, -1.5])
+@pytest.mark.parametrize("init", ["minmax", "mse"])
+def test_lsq_plus_initialises_on_a_constant_tensor(value, init):
+    # a constant has max = min: the step used to stay at its placeholder for ever; its range is widened to 0
+    q = LSQPlusQuantizer(4, "act", init=init)
+    x = torch.full((5,), value)
+    out = q(x)
+    assert bool(q.initialized) and math.isfinite(float(q.step.detach())) and float(q.step.detach()) > 0
+    assert float(q.step.detach()) == pytest.approx(abs(value) / 15)
+    assert torch.allclose(out, x)  # the constant sits on an end of the grid
+
+
+def test_lsq_plus_waits_on_an_all_zero_tensor():
+    q = LSQPlusQuantizer(4, "act")
+    assert torch.equal(q(torch.zeros(4)), torch.zeros(4)) and not bool(q.initialized)
+    q(torch.tensor([0.0, 3.0]))
+    assert float(q.step.detach()) == pytest.approx(3.0 / 15)
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+def test_lsq_plus_mse_init_is_scale_equivariant(factor):
+    # squared errors overflowed (step 0: never initialised) or underflowed (every candidate looked perfect)
+    a = torch.relu(torch.randn(1000, generator=torch.Generator().manual_seed(0))) ** 2
+    s, beta = lsq_plus_mse_init(a * factor, 0, 15)
+    s_ref, beta_ref = lsq_plus_mse_init(a, 0, 15)
+    assert s / factor == pytest.approx(s_ref, rel=1e-5) and beta == beta_ref == 0.0
+
+
+@pytest.mark.parametrize("make", [lambda: LSQQuantizer(4, "act", init_step=0.5), lambda: LSQPlusQuantizer(4, "act")],
+                         ids=["lsq", "lsq+"])
+def test_nan_and_inf_are_refused_once_initialised(make):
+    q = make()
+    q(torch.tensor([0.0, 1.0, 3.0]))
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    with pytest.raises(TensorValueError, match="2 NaN and 1 Inf"):
+        q(torch.tensor([float("nan"), 1.0, float("inf"), float("nan")]))
+    with pytest.raises(TensorValueError, match="convert it with x.float"):
+        q(torch.tensor([1, 2]))
+    assert all(torch.equal(v, q.state_dict()[k]) for k, v in state.items())

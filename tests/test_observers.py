@@ -132,3 +132,35 @@ def test_channel_count_change_and_bad_parameters():
         PercentileObserver(8, percentile=120)
     with pytest.raises(QuantParamError, match="momentum"):
         EMAMinMaxObserver(8, momentum=-0.1)
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+@pytest.mark.parametrize("ch_axis", [None, 0])
+def test_mse_observer_is_scale_equivariant(factor, ch_axis):
+    # squared errors near 1e30 overflowed float32 (the chosen range clipped 99% of it); near 1e-30 they
+    # underflowed to 0, so every candidate looked perfect and the first (the smallest) was chosen
+    x = gaussian_with_outlier(n=3000, outlier=12.0).reshape(3, 1000)
+    reference, scaled = MSEObserver(4, ch_axis=ch_axis), MSEObserver(4, ch_axis=ch_axis)
+    reference(x)
+    scaled(x * factor)
+    (scale, zero_point), (scale_big, zero_point_big) = reference.compute_qparams(), scaled.compute_qparams()
+    assert torch.allclose(scale_big / factor, scale, rtol=1e-4) and torch.equal(zero_point_big, zero_point)
+
+
+def test_mse_curve_is_bit_for_bit_the_plain_formula():
+    # the curve is computed on data divided by a power of two; that changes exponents only
+    x = gaussian_with_outlier(n=500)
+    ratios, mse = clipping_mse_curve(x, 4, num_candidates=10)
+    for r, m in zip(ratios, mse[:, 0]):
+        scale, zero_point = qparams_from_range(r * x.min(), r * x.max(), 4)
+        assert float(m) == float((fake_quantize(x, scale, zero_point, 0, 15) - x).pow(2).mean())
+
+
+def test_mse_num_candidates_is_checked_when_built():
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(QuantParamError, match="num_candidates must be an integer >= 1"):
+            MSEObserver(8, num_candidates=bad)
+    with pytest.raises(QuantParamError, match="num_candidates"):
+        clipping_mse_curve(torch.randn(10), 8, num_candidates=0)
+    with pytest.raises(QuantParamError, match="max_samples"):
+        MSEObserver(8, max_samples=0)

@@ -93,3 +93,14 @@ def test_factories_plug_into_quantize_model():
     loss.backward()
     alphas = [p for name, p in qmodel.named_parameters() if name.endswith("alpha")]
     assert len(alphas) == 2 and all(a.grad is not None for a in alphas)
+
+
+@pytest.mark.parametrize("output_scale", ["max_abs", "normalized"])
+def test_dorefa_all_zero_weight_quantizes_to_zeros_with_straight_through_gradient(output_scale):
+    # a pruned layer: max|tanh w| = 0 made the formula 0/0 and the whole layer NaN (issue #12)
+    w = torch.zeros(2, 3, requires_grad=True)
+    w_q = DoReFaWeightQuantizer(4, output_scale)(w)
+    assert torch.equal(w_q, torch.zeros(2, 3))
+    w_q.backward(torch.arange(6.0).reshape(2, 3))
+    assert torch.equal(w.grad, torch.arange(6.0).reshape(2, 3))  # gradient 1, the small-weight limit
+    assert torch.equal(dorefa_weight(torch.zeros(4), 2), torch.zeros(4))

@@ -120,3 +120,14 @@ def test_progressive_schedule_and_set_bits():
     assert qmodel[2].w_quantizer.gamma.grad is not None
     with pytest.raises(PolicyError):
         set_bits(qmodel, 4, exclude=("conv9",))
+
+
+@pytest.mark.parametrize("role", ["weight", "act"])
+def test_gradients_stay_finite_for_values_near_1e30(role):
+    # alpha * |w| made the gradient of alpha (upstream * |w|, both ~1e30) overflow: d's gradient was NaN
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8) * 1e30).requires_grad_()
+    q = QILQuantizer(4, role, output_scale="interval")
+    q(x).backward(torch.linspace(-1, 1, 16).reshape(2, 8))
+    grads = [x.grad, q.c.grad, q.d.grad] + ([q.gamma.grad] if role == "weight" else [])
+    assert all(bool(torch.isfinite(g).all()) for g in grads)

@@ -238,3 +238,24 @@ def test_default_factories():
     a_q = default_act_quantizer(6, "conv", None)
     assert a_q.mode == "static" and isinstance(a_q.observer, EMAMinMaxObserver)
     assert (a_q.observer.symmetric, a_q.observer.signed, a_q.observer.ch_axis) == (False, False, None)
+
+
+def test_float16_is_quantized_in_float32_and_returned_as_float16():
+    # 1 / scale overflowed float16 for a range this small, and every value came out clipped
+    x = torch.linspace(-2e-4, 3e-4, 50)
+    out = UniformQuantizer(MinMaxObserver(8))(x.half())
+    expected = UniformQuantizer(MinMaxObserver(8))(x.half().float())
+    assert out.dtype == torch.float16 and torch.equal(out, expected.half())
+    out = UniformQuantizer(MinMaxObserver(8))(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_integer_and_bool_tensors_are_refused():
+    # [-7, 3, 20, 5] used to be quantized with a scale truncated to an integer
+    q = UniformQuantizer(MinMaxObserver(4))
+    with pytest.raises(TensorValueError, match=r"floating-point tensors; .* is int64, convert it with x\.float\(\)"):
+        q(torch.tensor([-7, 3, 20, 5]))
+    with pytest.raises(TensorValueError, match="bool"):
+        q(torch.tensor([True, False]))
+    with pytest.raises(TensorValueError, match="int32"):
+        MinMaxObserver(8)(torch.tensor([1, 2], dtype=torch.int32))

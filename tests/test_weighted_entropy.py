@@ -152,7 +152,8 @@ def test_plugs_into_quantize_model_and_fine_tunes():
     torch.manual_seed(1)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
     losses = []
-    for _ in range(10):  # plain SGD by hand (torch.optim's first import costs seconds)
+    # 30 steps take the loss down 23-50% (measured); a 10% drop is then certain, whatever the CPU's float sums.
+    for _ in range(30):  # plain SGD by hand (torch.optim's first import costs seconds)
         loss = nn.functional.cross_entropy(qmodel(x), y)
         qmodel.zero_grad()
         loss.backward()

@@ -61,7 +61,7 @@ class EqualPopulationWeightQuantizer(Quantizer):
 
     max_bits = 8
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, w: torch.Tensor) -> torch.Tensor:
         c = equal_population_levels(w, self.bits)
         return quantize_to_levels(w, c.levels, c.thresholds)
 

@@ -46,9 +46,7 @@ class BinaryWeightQuantizer(Quantizer):
         super().__init__(1)
         self.ch_axis = ch_axis
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if w.numel() == 0:
-            raise TensorValueError(f"cannot binarize an empty tensor of shape {tuple(w.shape)}")
+    def quantize_float(self, w: torch.Tensor) -> torch.Tensor:
         return binarize_weight(w, self.ch_axis)
 
 
@@ -60,9 +58,7 @@ class BinaryActQuantizer(Quantizer):
     def __init__(self):
         super().__init__(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0:
-            raise TensorValueError(f"cannot binarize an empty tensor of shape {tuple(x.shape)}")
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         return sign_ste(x)
 
 

@@ -107,7 +107,7 @@ class ShiftedActQuantizer(Quantizer):
             self._bits = self.lsq.bits  # stay consistent with the inner quantizer
             raise
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         return self.lsq(x + self.shift) - self.shift
 
     def extra_repr(self) -> str:

@@ -185,7 +185,7 @@ class LogQuantizer(Quantizer):
             self.num_batches += 1
         return fsr_from_max(float(self.running_max), self.base)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         if self.signed is None:
             self.signed = bool((x.detach() < 0).any())
         if self.signed and self.bits < 2:

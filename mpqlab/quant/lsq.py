@@ -65,7 +65,8 @@ class _LSQFunction(torch.autograd.Function):
     (divide, clip in place, round, scale) and saves the clipped ``v`` and ``v_bar``; backward makes one
     pass for ``grad_x`` and two read-only dot products for the step: 7 passes in all, where building
     the STE mask as a float tensor in forward took 12 and was about 2x slower. The arithmetic of every
-    value is unchanged, so results written before this rewrite are reproduced bit for bit.
+    value is unchanged, so results written before this rewrite are reproduced bit for bit. (``LSQQuantizer``
+    adds one read-only pass before this: the sum that checks its input for NaN/Inf, see quantizer.py.)
     """
 
     @staticmethod
@@ -188,9 +189,7 @@ class LSQQuantizer(Quantizer):
         done = self.initialized.tolist()
         return {b: float(self.steps[str(b)].detach()) if ok else math.nan for b, ok in zip(self.bit_options, done)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0:
-            raise TensorValueError(f"LSQ got an empty tensor of shape {tuple(x.shape)}: nothing to quantize")
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         q_min, q_max = lsq_range(self.bits, self.signed)
         if self.bits not in self._ready:
             index = self.bit_options.index(self.bits)

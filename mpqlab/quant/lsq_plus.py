@@ -16,6 +16,10 @@ Initialisation (computed on the first tensor seen, like LSQ's):
   dimension, the upper end ``hi`` of the range ``[min, hi]`` on a grid of 50 values, with ``beta = min``;
 - weights (symmetric, no offset): ``s = max(|mu - 3 sigma|, |mu + 3 sigma|) / 2^(b-1)``.
 
+A constant activation tensor (``min = max``) has no spread to fit: its range is widened to contain 0,
+``[min(c, 0), max(c, 0)]``, so ``c`` lands exactly on an end of the grid. An all-zero tensor (activations
+or weights) is quantized exactly by any step; the step waits for the first tensor with a non-zero value.
+
 Changing ``bits`` re-initialises on the next forward pass: a step learned for one grid does not fit another.
 Introduced in the learnable-quantization notebook (PACT, QIL, LSQ, LSQ+).
 """
@@ -48,7 +52,7 @@ def lsq_plus_minmax_init(x: torch.Tensor, q_min: int, q_max: int) -> tuple[float
 def lsq_plus_mse_init(x: torch.Tensor, q_min: int, q_max: int, n_grid: int = 50) -> tuple[float, float]:
     """``(s, beta)`` minimising ``||v_hat - v||^2`` over ranges ``[min, hi]``, ``hi`` on a grid up to ``max``."""
     x = x.detach().flatten()
-    x = x[:: max(1, x.numel() // 65536)]  # a strided sample is enough to place a range
+    x = x[:: max(1, x.numel() // 65536)].double()  # a strided sample places a range; float64: squared errors
     lo, top = float(x.min()), float(x.max())
     best = (math.inf, 0.0)
     for frac in torch.linspace(1.0 / n_grid, 1.0, n_grid).tolist():
@@ -81,9 +85,7 @@ class LSQPlusQuantizer(Quantizer):
         self.initialized.fill_(False)
         self._ready = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0:
-            raise TensorValueError(f"LSQ+ got an empty tensor of shape {tuple(x.shape)}: nothing to quantize")
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         q_min, q_max = lsq_range(self.bits, signed=self.role == "weight")
         if not self._ready:
             if not bool(self.initialized):
@@ -97,16 +99,19 @@ class LSQPlusQuantizer(Quantizer):
         return lsq_quantize(x, self.step, q_min, q_max, g, offset=self.offset)
 
     def _initialize(self, x: torch.Tensor, q_min: int, q_max: int) -> None:
-        if not bool(torch.isfinite(x).all()):
-            raise TensorValueError("cannot initialise LSQ+ from a tensor holding NaN/Inf values")
         if self.role == "weight":
             s, beta = lsq_plus_weight_init(x, self.bits), None
+        elif bool(x.min() == x.max()):  # a constant: widen its range to contain 0 (module docstring)
+            s, beta = lsq_plus_minmax_init(torch.stack([x.min().clamp(max=0), x.max().clamp(min=0)]), q_min, q_max)
         elif self.init == "minmax":
             s, beta = lsq_plus_minmax_init(x, q_min, q_max)
         else:
             s, beta = lsq_plus_mse_init(x, q_min, q_max)
-        if not s > 0:  # a constant tensor: wait for one with a spread
+        if not s > 0:  # all zero: any step is exact, wait for a tensor with something to quantize
             return
+        if not math.isfinite(s):
+            raise TensorValueError(f"the LSQ+ initial step overflowed ({s}): the input's range is too wide for "
+                                   f"{x.dtype}; scale the input down")
         with torch.no_grad():
             self.step.fill_(s)
             if beta is not None:

@@ -1,7 +1,9 @@
 """Observers: watch tensors, keep statistics, and turn them into ``(scale, zero_point)``.
 
 Measuring is separate from mapping: an observer never changes a tensor (``forward`` returns its
-input); ``UniformQuantizer`` applies what ``compute_qparams()`` returns. The observers differ only
+input); ``UniformQuantizer`` applies what ``compute_qparams()`` returns. Observers take the same
+tensors as quantizers (see ``mpqlab/quant/quantizer.py``): floating point, finite, non-empty; float16
+and bfloat16 statistics are kept in float32. The observers differ only
 in how they choose the clipping range ``[x_min, x_max]`` handed to ``qparams_from_range``:
 
 - ``MinMaxObserver``: the extremes seen since ``reset()``. Nothing is clipped, so one outlier
@@ -22,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpqlab.errors import QuantParamError, check_bits, check_fraction, check_tensor
+from mpqlab.errors import QuantParamError, check_bits, check_fraction, check_int, check_tensor
+from mpqlab.quant.quantizer import check_quantizer_input, to_compute_dtype
 from mpqlab.quant.uniform import checks_enabled, fake_quantize, qparams_from_range, quant_range
 
 
@@ -56,9 +59,9 @@ class Observer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if checks_enabled():  # skipped only while torch.compile traces (see uniform.checks_enabled)
-            check_tensor(x)
+            check_quantizer_input(x, name=f"the input of {type(self).__name__}")
         with torch.no_grad():
-            self.observe(channel_rows(x.detach(), self.ch_axis))  # (C, N)
+            self.observe(channel_rows(to_compute_dtype(x.detach()), self.ch_axis))  # (C, N)
         return x
 
     def observe(self, rows: torch.Tensor) -> None:  # pragma: no cover - abstract
@@ -150,7 +153,7 @@ class SampleObserver(MinMaxObserver):
     def __init__(self, bits: int = 8, symmetric: bool = False, signed: bool = False, narrow: bool = False,
                  ch_axis: int | None = None, max_samples: int = 2**16, seed: int = 0):
         super().__init__(bits, symmetric, signed, narrow, ch_axis)
-        self.max_samples, self.seed = int(max_samples), seed
+        self.max_samples, self.seed = check_int(max_samples, name="max_samples", low=1), seed
         self.reset()
 
     def reset(self) -> None:
@@ -195,20 +198,37 @@ def clipping_mse_curve(x: torch.Tensor, bits: int, symmetric: bool = False, sign
         MSE(r) = mean((Q(x; r * x_min, r * x_max) - x)^2),   r = 1/K, 2/K, ..., 1
 
     Returns ``(ratios, mse)`` of shapes (K,) and (K, C) (C = 1 per-tensor). Small r clips a lot;
-    r = 1 is plain min-max. Plotted in notebook 01.
+    r = 1 is plain min-max. Plotted in notebook 01. (Data above ~1e19 has errors above float32's
+    range: those entries are inf, though the argmin is still computed without overflow.)
     """
     check_tensor(x)
     rows = channel_rows(x.detach().float(), ch_axis)  # (C, N)
     x_min, x_max = torch.aminmax(rows, dim=1)
-    return _clipping_mse(rows, x_min, x_max, bits, symmetric, signed, narrow, num_candidates)
+    ratios, mse, unit = _clipping_mse(rows, x_min, x_max, bits, symmetric, signed, narrow, num_candidates)
+    return ratios, mse * unit * unit  # (not unit**2, which overflows to inf and makes 0 * inf = NaN)
 
 
 MSE_CHUNK_ELEMENTS = 2**22  # candidates are scored together in chunks of about this many values (16 MB)
 
 
+def power_of_two_unit(x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
+    """Per channel, the power of two ``2^e`` with ``max(|x_min|, |x_max|) / 2^e`` in [0.5, 1) (1 if all zero)."""
+    _, exponent = torch.frexp(torch.maximum(x_min.abs(), x_max.abs()).float())  # frexp(0) = (0, 0)
+    return torch.ldexp(torch.ones_like(exponent, dtype=torch.float32), exponent)
+
+
 def _clipping_mse(rows, x_min, x_max, bits, symmetric, signed, narrow, num_candidates):
-    """``clipping_mse_curve`` on rows (C, N) with the full range ``[x_min, x_max]`` (C,) given."""
+    """``clipping_mse_curve`` on rows (C, N) with the full range ``[x_min, x_max]`` (C,) given: ``(ratios, mse, unit)``.
+
+    The MSE is measured in units of ``unit`` (C,), a power of two near each channel's max|x|: the squared
+    errors of data near 1e30 would overflow float32 and those near 1e-30 underflow to 0 (then every ratio
+    looks perfect). Dividing by a power of two only changes exponents, so in the normal range the
+    result is bit for bit ``mse / unit^2``.
+    """
+    num_candidates = check_int(num_candidates, name="num_candidates", low=1)
     q_min, q_max = quant_range(bits, signed, narrow)
+    unit = power_of_two_unit(x_min, x_max)  # (C,)
+    rows, x_min, x_max = rows / unit[:, None], x_min / unit, x_max / unit
     ratios = torch.linspace(1.0 / num_candidates, 1.0, num_candidates, device=rows.device)
     mse = torch.empty(num_candidates, rows.shape[0], device=rows.device)
     channels, n = rows.shape
@@ -222,7 +242,7 @@ def _clipping_mse(rows, x_min, x_max, bits, symmetric, signed, narrow, num_candi
         x_hat = fake_quantize(rows.expand(k, channels, n).reshape(k * channels, n), scale.flatten(),
                               zero_point.flatten(), q_min, q_max, ch_axis=0)  # (k * C, N)
         mse[start:start + k] = (x_hat.view(k, channels, n) - rows).pow(2).mean(dim=2)
-    return ratios, mse
+    return ratios, mse, unit
 
 
 class MSEObserver(SampleObserver):
@@ -231,11 +251,11 @@ class MSEObserver(SampleObserver):
     def __init__(self, bits: int = 8, symmetric: bool = False, signed: bool = False, narrow: bool = False,
                  ch_axis: int | None = None, num_candidates: int = 100, max_samples: int = 2**16, seed: int = 0):
         super().__init__(bits, symmetric, signed, narrow, ch_axis, max_samples, seed)
-        self.num_candidates = num_candidates
+        self.num_candidates = check_int(num_candidates, name="num_candidates", low=1)
 
     def compute_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Candidate ranges shrink the exact extremes; the error is measured on the sample.
-        ratios, mse = _clipping_mse(self.all_samples(), self.min_val, self.max_val, self.bits, self.symmetric,
-                                    self.signed, self.narrow, self.num_candidates)
+        ratios, mse, _ = _clipping_mse(self.all_samples(), self.min_val, self.max_val, self.bits, self.symmetric,
+                                       self.signed, self.narrow, self.num_candidates)
         best = ratios[mse.argmin(dim=0)]  # (C,)
         return self.qparams_for_range(best * self.min_val, best * self.max_val)

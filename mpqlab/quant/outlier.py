@@ -102,7 +102,7 @@ class OutlierQuantizer(Quantizer):
         self.register_buffer("num_batches", torch.tensor(0))
         self.n_outliers, self.numel = 0, 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         if self.signed is None:
             self.signed = bool((x.detach() < 0).any())
         if self.signed and self.bits < 2:

@@ -20,6 +20,8 @@ Weights: the paper quantizes them with DoReFa-Net (Zhou et al. 2016),
 
 a grid of ``2^k`` levels in ``[-1, 1]``. ``output_scale="max_abs"`` multiplies ``w_q`` by ``max|w|``
 (a constant for autograd) so a pretrained layer keeps the size of its weights; "normalized" keeps [-1, 1].
+An all-zero (pruned) weight has ``max|tanh w| = 0`` and the formula reads 0/0: we return zeros, with the
+straight-through gradient 1 (the limit of the "max_abs" gradient ``max|w| (1 - tanh^2 w) / max|tanh w|``).
 Introduced in the learnable-quantization notebook (PACT, QIL, LSQ, LSQ+).
 """
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpqlab.errors import QuantParamError, TensorValueError, check_positive
+from mpqlab.errors import QuantParamError, check_positive
 from mpqlab.quant.quantizer import Quantizer
 from mpqlab.quant.ste import round_ste
 
@@ -53,9 +55,7 @@ class PACTQuantizer(Quantizer):
         super().__init__(bits)
         self.alpha = nn.Parameter(torch.tensor(check_positive(alpha, name="alpha")))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0:
-            raise TensorValueError(f"PACT got an empty tensor of shape {tuple(x.shape)}: nothing to quantize")
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         alpha = float(self.alpha.detach())
         if not alpha > 0:
             raise QuantParamError(f"PACT alpha must stay positive, it is now {alpha:.4g}; "
@@ -78,7 +78,10 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """DoReFa weights ``2 round(w_t (2^k - 1)) / (2^k - 1) - 1`` with ``w_t = tanh(w) / (2 max|tanh w|) + 1/2``."""
     levels = 2**bits - 1
     t = torch.tanh(w)
-    w_t = t / (2 * t.abs().max()) + 0.5
+    top = t.abs().max()
+    if not bool(top > 0):  # all zero: 0/0 below; see the module docstring
+        return w - w.detach()  # zeros forward, gradient 1
+    w_t = t / (2 * top) + 0.5
     return 2 * round_ste(w_t * levels) / levels - 1
 
 
@@ -93,12 +96,11 @@ class DoReFaWeightQuantizer(Quantizer):
             raise ValueError(f"output_scale must be 'max_abs' or 'normalized', got {output_scale!r}")
         self.output_scale = output_scale
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if w.numel() == 0:
-            raise TensorValueError(f"DoReFa got an empty tensor of shape {tuple(w.shape)}: nothing to quantize")
+    def quantize_float(self, w: torch.Tensor) -> torch.Tensor:
         w_q = dorefa_weight(w, self.bits)
-        if self.output_scale == "max_abs":
-            w_q = w_q * w.detach().abs().max()
+        top = w.detach().abs().max()
+        if self.output_scale == "max_abs" and bool(top > 0):  # an all-zero w_q is zeros already (keep its gradient)
+            w_q = w_q * top
         return w_q
 
     def extra_repr(self) -> str:

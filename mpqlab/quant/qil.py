@@ -34,10 +34,19 @@ from mpqlab.quant.quantizer import Quantizer
 from mpqlab.quant.ste import round_ste
 
 
+def interval_position(v: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``alpha v + beta = (v - c) / (2 d) + 1/2``: 0 at the interval's start ``c - d``, 1 at its end ``c + d``.
+
+    Written as one division, not as ``alpha * v``: for values near 1e30 the gradient of ``alpha`` would be
+    the product of two large numbers (the upstream gradient and ``v``), which overflows float32 and
+    turns the gradient of ``d`` into NaN.
+    """
+    return (v - c) / (2 * d) + 0.5
+
+
 def qil_weight_transform(w: torch.Tensor, c: torch.Tensor, d: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``sign(w) clip(alpha |w| + beta, 0, 1)^gamma`` with ``alpha = 0.5/d``, ``beta = -0.5 c/d + 0.5``."""
-    alpha, beta = 0.5 / d, -0.5 * c / d + 0.5
-    t = torch.clamp(alpha * w.abs() + beta, 0.0, 1.0)
+    t = torch.clamp(interval_position(w.abs(), c, d), 0.0, 1.0)
     kept = t > 0
     # pow on a safe base: the gradient of 0^gamma wrt gamma is 0 * log(0) = NaN, even in an unused where-branch
     powered = torch.where(kept, torch.where(kept, t, torch.ones_like(t)) ** gamma, torch.zeros_like(t))
@@ -46,8 +55,7 @@ def qil_weight_transform(w: torch.Tensor, c: torch.Tensor, d: torch.Tensor, gamm
 
 def qil_act_transform(x: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``clip(alpha x + beta, 0, 1)`` with ``alpha = 0.5/d``, ``beta = -0.5 c/d + 0.5``."""
-    alpha, beta = 0.5 / d, -0.5 * c / d + 0.5
-    return torch.clamp(alpha * x + beta, 0.0, 1.0)
+    return torch.clamp(interval_position(x, c, d), 0.0, 1.0)
 
 
 def qil_discretize(x_hat: torch.Tensor, levels: int) -> torch.Tensor:
@@ -83,9 +91,7 @@ class QILQuantizer(Quantizer):
         """``q_D``: ``2^(b-1) - 1`` for weights (signed), ``2^b - 1`` for activations."""
         return 2 ** (self.bits - 1) - 1 if self.role == "weight" else 2**self.bits - 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0:
-            raise TensorValueError(f"QIL got an empty tensor of shape {tuple(x.shape)}: nothing to quantize")
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialized):
             self._initialize(x.detach())
         d = float(self.d.detach())

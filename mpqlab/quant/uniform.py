@@ -191,7 +191,7 @@ class UniformQuantizer(Quantizer):
         if self.mode == "static" and not self.calibrating:
             self.scale, self.zero_point = self.observer.compute_qparams()  # same statistics, new grid
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "dynamic":
             self.observer.reset()
         if self.mode == "dynamic" or self.calibrating:

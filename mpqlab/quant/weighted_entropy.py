@@ -129,7 +129,7 @@ def _entropy(energy: np.ndarray, log_p: np.ndarray, bounds: list[int]) -> float:
 
 def quantize_to_levels(w: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """sign(w) * levels[k] for the cluster k of |w| (sign(0) = +1), with a straight-through gradient."""
-    k = torch.bucketize(w.detach().abs(), thresholds.to(w.dtype), right=True)
+    k = torch.bucketize(w.detach().abs().contiguous(), thresholds.to(w.dtype), right=True)  # (a transposed view)
     sign = torch.where(w.detach() >= 0, 1.0, -1.0).to(w.dtype)
     return sign * levels.to(w.dtype)[k] + (w - w.detach())  # straight-through, exactly on the levels
 
@@ -198,7 +198,7 @@ class WeightedEntropyWeightQuantizer(Quantizer):
         self.clusters = None
         return super().train(mode)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, w: torch.Tensor) -> torch.Tensor:
         if self.training or self.clusters is None:
             warm = None if self.clusters is None else self.clusters.bounds
             self.clusters = weighted_entropy_levels(w, self.bits, init_bounds=warm)
@@ -217,7 +217,7 @@ class WeightedEntropyActQuantizer(Quantizer):
         self.signed = signed
         self.register_buffer("fsr_step", torch.tensor([0, 0]))  # step 0 = not searched yet
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
+    def quantize_float(self, a: torch.Tensor) -> torch.Tensor:
         if self.signed is None:
             self.signed = bool((a.detach() < 0).any())
         if self.training or int(self.fsr_step[1]) == 0:
