@@ -31,3 +31,20 @@ def test_wrong_answers_fail():
     plain_entropy = lambda w, t: weighted_entropy_solution(w.sign(), t)  # noqa: E731  (every I_k = 1)
     assert not check_weighted_entropy(plain_entropy)
     assert not check_best_threshold(lambda w: float(w.abs().median()))  # equal population, not weighted
+
+
+def test_best_threshold_without_return_says_so(capsys):
+    def forgot_return(w):
+        best = float(w.abs().median())  # noqa: F841  (computed, never returned)
+
+    assert not check_best_threshold(forgot_return)  # used to raise TypeError from float(None)
+    assert "did you forget `return`?" in capsys.readouterr().out
+
+
+def test_representatives_in_place_answer_passes():
+    def in_place(w, thresholds):  # squares w in place, then averages: right
+        k = _clusters(w, thresholds)
+        w.pow_(2)
+        return torch.stack([w[k == j].mean().sqrt() for j in range(len(thresholds) + 1)])
+
+    assert check_representatives(in_place)

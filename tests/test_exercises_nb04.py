@@ -45,3 +45,17 @@ def test_wrong_answers_fail():
     in_order = lambda x, bits, ratios, target: next(  # noqa: E731
         (r for r in ratios if outlier_grid(x, bits, r).mse <= target), None)
     assert not check_fewest_outliers(in_order)
+
+
+def test_fewest_outliers_accepts_none_only_where_it_is_right(capsys):
+    assert check_fewest_outliers(fewest_outliers_solution)  # returns None for the unreachable targets
+    assert not check_fewest_outliers(lambda x, bits, ratios, target: None)
+    assert "did you forget `return`?" in capsys.readouterr().out
+
+
+def test_compressed_bytes_check_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_compressed_bytes(compressed_bytes_solution)
+    assert torch.equal(torch.rand(3), expected)  # the check used to reseed it with torch.manual_seed(0)

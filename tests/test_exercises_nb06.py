@@ -32,3 +32,14 @@ def test_solutions_agree_with_the_package():
     lsq_quantize(v, s, -4, 3).sum().backward()
     assert torch.isclose(s.grad, lsq_step_grad_solution(v, 0.4, -4, 3).sum(), atol=1e-4)
     assert torch.allclose(pact_forward_solution(v, 2.0, 3), pact_quantize(v, torch.tensor(2.0), 3), atol=1e-6)
+
+
+def test_in_place_answers_are_judged_on_pristine_inputs():
+    def step_grad_in_place(v, s, q_min, q_max):  # right: divides v in place
+        r = v.div_(s)
+        return torch.where(r <= q_min, float(q_min), torch.where(r >= q_max, float(q_max), r.round() - r))
+
+    assert check_lsq_step_grad(step_grad_in_place)  # used to FAIL
+    assert check_pact_forward(lambda x, alpha, bits: x.clamp_(0, alpha).mul_((2**bits - 1) / alpha).round_()
+                              .mul_(alpha / (2**bits - 1)))
+    assert not check_pact_forward(lambda x, alpha, bits: x.zero_())  # wrong: used to PASS

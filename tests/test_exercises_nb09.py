@@ -50,3 +50,20 @@ def test_slope():
     assert not check_slope(not_done)
     assert not check_slope(lambda x, y: (y[-1] - y[0]) / (x[-1] - x[0]))  # two end points only
     assert abs(slope_solution([0.1, 0.3, 0.2], [1.0, 0.0, 2.0]) - linear_fit([0.1, 0.3, 0.2], [1.0, 0.0, 2.0])[0]) < 1e-12
+
+
+def test_in_place_answers_are_judged_on_pristine_inputs():
+    def count_in_place(x, scale, bits):  # right: divides x in place
+        q_min, q_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        levels = torch.unique(x.div_(scale)).round().clamp(q_min, q_max)
+        return {q: int((levels == q).sum()) for q in range(q_min, q_max + 1)}
+
+    assert check_count_per_level(count_in_place)  # used to FAIL: the next case saw the divided x
+
+    def overwrites_accs(acc_ref, accs):  # right: reuses the list it was given
+        for i, a in enumerate(accs):
+            accs[i] = acc_ref - a
+        worst = max(accs)
+        return [d / worst for d in accs]
+
+    assert check_normalised_degradation(overwrites_accs)

@@ -49,3 +49,33 @@ def test_hutchinson():
 
     assert not check_hutchinson(gaussian_probes)
     assert not check_hutchinson(lambda matvec, n, probes: float(matvec(torch.ones(n, dtype=torch.float64)).sum()))
+
+
+def test_hutchinson_fails_probes_that_ignore_randomness(capsys):
+    def all_ones(matvec, n, probes):  # one matvec per probe, but always the same v
+        v = torch.ones(n, dtype=torch.float64)
+        return sum(float(v @ matvec(v)) for _ in range(probes)) / probes
+
+    def one_fixed_random_v(matvec, n, probes):
+        v = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(5)).double() * 2 - 1
+        return sum(float(v @ matvec(v)) for _ in range(probes)) / probes
+
+    assert not check_hutchinson(all_ones)  # used to PASS
+    assert "equal off-diagonal entries" in capsys.readouterr().out
+    assert not check_hutchinson(one_fixed_random_v)
+    assert "draw a fresh random v for every probe" in capsys.readouterr().out
+
+
+def test_hutchinson_accepts_integer_probes_and_unseeded_randomness():
+    def int_probes(matvec, n, probes):  # torch.randint gives int64 probes; matvec takes them
+        return sum(float(matvec(v) @ v.double()) for v in (torch.randint(0, 2, (n,)) * 2 - 1
+                                                           for _ in range(probes))) / probes
+
+    assert check_hutchinson(int_probes)
+
+
+def test_brute_force_fails_an_alpha_fixed_at_two():
+    def alpha_fixed(ind, options, budget, alpha=2.0):
+        return brute_force_solution(ind, options, budget, 2.0)  # ignores the alpha it is given
+
+    assert not check_brute_force(alpha_fixed)  # used to PASS: every case had alpha = 2

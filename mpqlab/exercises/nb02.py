@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mpqlab.exercises import FAILED, Check, with_solution
+from mpqlab.exercises import FAILED, describe, exercise
 from mpqlab.quant.log import log_quantize
 
 
@@ -25,46 +25,42 @@ def best_fsr_solution(w: torch.Tensor, bits: int, candidates) -> int:
     return min(errors, key=errors.get)  # the first of equal errors, in the order given
 
 
-@with_solution(log_quant_solution)
-def check_log_quant(fn) -> bool:
+@exercise("unsigned LogQuant", log_quant_solution,
+          hint="round log2(x) (not x), send exponents <= fsr - 2^bits to 0, clip the rest at fsr - 1")
+def check_log_quant(c, fn) -> None:
     """Exercise 1: ``fn(x, bits, fsr)`` is unsigned base-2 LogQuant (post-ReLU activations)."""
-    c = Check("unsigned LogQuant")
     x = torch.tensor([0.0, -1.0, 0.01, 0.1, 0.3, 0.36, 1.4, 1.42, 3.0, 5.0, 40.0])
     for bits, fsr in [(3, 2), (2, 0), (4, 6), (1, 1)]:
-        got = c.run(fn, x.clone(), bits, fsr)
-        if got is FAILED:
-            continue
         want = log_quantize(x, bits, fsr, signed=False)
-        ok = isinstance(got, torch.Tensor) and got.shape == x.shape and torch.equal(got.float(), want)
-        c.expect(ok, f"bits={bits}, fsr={fsr}: expected {want.tolist()}, got "
-                     f"{got.tolist() if isinstance(got, torch.Tensor) else got!r}")
-    return c.verdict("round log2(x) (not x), send exponents <= fsr - 2^bits to 0, clip the rest at fsr - 1")
+        got = c.run(fn, x, bits, fsr)
+        if got is FAILED:  # the reason is recorded: one message is enough
+            break
+        c.tensor_close(got, want, f"bits={bits}, fsr={fsr}", rtol=0.0, atol=0.0)
 
 
-@with_solution(leading_one_solution)
-def check_leading_one(fn) -> bool:
+@exercise("position of the leading one", leading_one_solution,
+          hint="float log2 rounds large integers (log2(2**53 - 1) == 53.0); count binary digits instead")
+def check_leading_one(c, fn) -> None:
     """Exercise 2: ``fn(n)`` is the position of the leftmost 1 of a positive int (b10110 -> 4)."""
-    c = Check("position of the leading one")
     for n in [1, 2, 3, 22, 24, 1023, 1024, 2**40 + 1, 2**53 - 1, 2**60 + 12345]:
+        want = leading_one_solution(n)
         got = c.run(fn, n)
         if got is FAILED:
-            continue
-        c.expect(got == leading_one_solution(n), f"fn({n}) should be {leading_one_solution(n)}, got {got!r}")
-    return c.verdict("float log2 rounds large integers (log2(2**53 - 1) == 53.0); count binary digits instead")
+            break
+        c.expect(got == want, f"fn({n}) should be {want}, got {describe(got)}")
 
 
-@with_solution(best_fsr_solution)
-def check_best_fsr(fn) -> bool:
+@exercise("the fsr with the smallest error", best_fsr_solution,
+          hint="quantize with each candidate (mpqlab.quant.log.log_quantize), keep the smallest mean squared error")
+def check_best_fsr(c, fn) -> None:
     """Exercise 3: ``fn(w, bits, candidates)`` returns the candidate fsr with the smallest MSE of signed LogQuant."""
-    c = Check("the fsr with the smallest error")
     gen = torch.Generator().manual_seed(2)
     cases = [(torch.randn(3000, generator=gen) * 0.05, 3, range(-8, 2)),
              (torch.randn(3000, generator=gen) ** 3, 4, range(-4, 6)),
              (torch.tensor([0.9, -0.7, 0.02, 0.0]), 2, [0, 1, 2])]
     for w, bits, candidates in cases:
+        want = best_fsr_solution(w, bits, candidates)
         got = c.run(fn, w, bits, candidates)
         if got is FAILED:
-            continue
-        want = best_fsr_solution(w, bits, candidates)
-        c.expect(got == want, f"bits={bits}, candidates {list(candidates)}: expected fsr {want}, got {got!r}")
-    return c.verdict("quantize with each candidate (mpqlab.quant.log.log_quantize), keep the smallest mean squared error")
+            break
+        c.expect(got == want, f"bits={bits}, candidates {list(candidates)}: expected fsr {want}, got {describe(got)}")

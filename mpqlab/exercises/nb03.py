@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mpqlab.exercises import FAILED, Check, with_solution
+from mpqlab.exercises import FAILED, describe, exercise
 from mpqlab.quant.weighted_entropy import weighted_entropy, weighted_entropy_levels
 
 
@@ -49,42 +49,45 @@ def _cases():
             (torch.tensor([0.1, -0.2, 0.3, -0.4, 0.5], dtype=torch.float64), torch.tensor([0.25], dtype=torch.float64))]
 
 
-@with_solution(representatives_solution)
-def check_representatives(fn) -> bool:
+@exercise("cluster representatives sqrt(I_k)", representatives_solution,
+          hint="cluster by |w| (torch.bucketize(w.abs(), thresholds, right=True)); I_k is the mean of w^2")
+def check_representatives(c, fn) -> None:
     """Exercise 1: ``fn(w, thresholds)`` returns each magnitude cluster's representative sqrt(I_k)."""
-    c = Check("cluster representatives sqrt(I_k)")
     for w, thresholds in _cases():
-        got, want = c.run(fn, w, thresholds), representatives_solution(w, thresholds)
-        if got is FAILED:
-            continue
-        ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got.double(), want)
-        c.expect(ok, f"thresholds {thresholds.tolist()}: expected {want.tolist()}, got "
-                     f"{got.tolist() if isinstance(got, torch.Tensor) else got!r}")
-    return c.verdict("cluster by |w| (torch.bucketize(w.abs(), thresholds, right=True)); I_k is the mean of w^2")
+        want = representatives_solution(w, thresholds)
+        got = c.run(fn, w, thresholds)
+        if got is FAILED:  # the reason is recorded: one message is enough
+            break
+        c.tensor_close(got, want, f"thresholds {thresholds.tolist()}", atol=1e-8)
 
 
-@with_solution(weighted_entropy_solution)
-def check_weighted_entropy(fn) -> bool:
+@exercise("weighted entropy S", weighted_entropy_solution,
+          hint="P_k is the share of weights in cluster k, I_k their mean w^2; natural log; skip empty clusters")
+def check_weighted_entropy(c, fn) -> None:
     """Exercise 2: ``fn(w, thresholds)`` returns S = -sum_k I_k P_k log P_k of the magnitude clusters."""
-    c = Check("weighted entropy S")
     for w, thresholds in _cases():
         want = weighted_entropy(w ** 2, _clusters(w, thresholds))
-        c.close(c.run(fn, w, thresholds), want, f"thresholds {thresholds.tolist()}", rel=1e-9)
-    return c.verdict("P_k is the share of weights in cluster k, I_k their mean w^2; natural log; skip empty clusters")
+        got = c.run(fn, w, thresholds)
+        if got is FAILED:
+            break
+        c.close(got, want, f"thresholds {thresholds.tolist()}", rel=1e-9)
 
 
-@with_solution(best_threshold_solution)
-def check_best_threshold(fn) -> bool:
+@exercise("the best 2-bit boundary, by brute force", best_threshold_solution,
+          hint="try every split of the sorted |w| between two neighbours and keep the largest S")
+def check_best_threshold(c, fn) -> None:
     """Exercise 3: ``fn(w)`` returns the one magnitude threshold (2 bits: 2 clusters) that maximises S."""
-    c = Check("the best 2-bit boundary, by brute force")
     gen = torch.Generator().manual_seed(4)
     for w in [torch.randn(60, generator=gen, dtype=torch.float64), torch.rand(50, generator=gen, dtype=torch.float64) ** 2]:
+        reference = weighted_entropy_levels(w, 2)  # the package's coordinate ascent; exact for one boundary
         got = c.run(fn, w)
         if got is FAILED:
+            break
+        try:
+            threshold = float(got)
+        except (TypeError, ValueError):
+            c.expect(False, f"fn(w) must return one number, the threshold; got {describe(got)}")
             continue
-        reference = weighted_entropy_levels(w, 2)  # the package's coordinate ascent; exact for one boundary
-        same = torch.equal(_clusters(w, torch.tensor([float(got)], dtype=w.dtype)),
-                           _clusters(w, reference.thresholds))
-        c.expect(same, f"your threshold {float(got):.4f} splits the weights differently from the optimum "
+        same = torch.equal(_clusters(w, torch.tensor([threshold], dtype=w.dtype)), _clusters(w, reference.thresholds))
+        c.expect(same, f"your threshold {threshold:.4f} splits the weights differently from the optimum "
                        f"{float(reference.thresholds[0]):.4f}")
-    return c.verdict("try every split of the sorted |w| between two neighbours and keep the largest S")

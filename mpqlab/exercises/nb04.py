@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from mpqlab.exercises import FAILED, Check, with_solution
+from mpqlab.exercises import FAILED, RETURNED_NONE, describe, exercise
 from mpqlab.quant.outlier import compress_for_backward, outlier_threshold
 from mpqlab.widgets.outlier import outlier_grid
 
@@ -41,42 +41,51 @@ def _tensors():
             heavy * (torch.rand(3000, generator=g) > 0.3)]
 
 
-@with_solution(threshold_solution)
-def check_threshold(fn) -> bool:
+@exercise("outlier threshold", threshold_solution,
+          hint="count only the non-zero magnitudes; t is the (n - floor(ratio n))-th smallest of them")
+def check_threshold(c, fn) -> None:
     """Exercise 1: ``fn(x, ratio)`` returns the outlier threshold t of a signed tensor."""
-    c = Check("outlier threshold")
     for x in _tensors():
         for ratio in (0.0, 0.01, 0.03, 0.5):
-            c.close(c.run(fn, x, ratio), outlier_threshold(x, ratio), f"fn(x of {x.numel()} values, ratio={ratio})",
-                    rel=1e-6)
-    return c.verdict("count only the non-zero magnitudes; t is the (n - floor(ratio n))-th smallest of them")
+            want = outlier_threshold(x, ratio)
+            got = c.run(fn, x, ratio)
+            if got is FAILED:  # the reason is recorded: one message is enough
+                return
+            c.close(got, want, f"fn(x of {x.numel()} values, ratio={ratio})", rel=1e-6)
 
 
-@with_solution(compressed_bytes_solution)
-def check_compressed_bytes(fn) -> bool:
+@exercise("bytes of a compressed activation", compressed_bytes_solution,
+          hint="codes take numel * bits / 8 bytes rounded up; each outlier needs its position and its value")
+def check_compressed_bytes(c, fn) -> None:
     """Exercise 2: ``fn(numel, n_outliers, bits)`` returns the bytes ``compress_for_backward`` holds."""
-    c = Check("bytes of a compressed activation")
-    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)  # a private generator: the notebook's global RNG is left alone
     for shape, bits, ratio in [((8, 16, 8, 8), 3, 0.02), ((4, 1000), 4, 0.0), ((1001,), 2, 0.1), ((64, 9), 8, 0.03)]:
-        x = torch.randn(shape).relu()
+        x = torch.randn(shape, generator=g).relu()
         packed = compress_for_backward(x, bits, ratio)
         n_out = packed.outlier_index.numel()
-        c.close(c.run(fn, x.numel(), n_out, bits), packed.nbytes, f"fn({x.numel()}, {n_out}, {bits})")
-    return c.verdict("codes take numel * bits / 8 bytes rounded up; each outlier needs its position and its value")
+        got = c.run(fn, x.numel(), n_out, bits)
+        if got is FAILED:
+            break
+        c.close(got, packed.nbytes, f"fn({x.numel()}, {n_out}, {bits})")
 
 
-@with_solution(fewest_outliers_solution)
-def check_fewest_outliers(fn) -> bool:
+@exercise("the fewest outliers that reach a target error", fewest_outliers_solution,
+          hint="outlier_grid(x, bits, ratio).mse is the error of one ratio; try the ratios in increasing "
+               "order and return None when even the largest misses the target")
+def check_fewest_outliers(c, fn) -> None:
     """Exercise 3: ``fn(x, bits, ratios, target_mse)`` returns the smallest ratio in ``ratios`` whose MSE is
     at most ``target_mse`` (None if none is)."""
-    c = Check("the fewest outliers that reach a target error")
     ratios = [0.03, 0.0, 0.001, 0.005, 0.01, 0.02]  # not sorted, on purpose
     for x in _tensors():
         for bits in (2, 3, 4):
             linear = outlier_grid(x, bits, 0.0).mse
             for t in (linear / 1.5, linear / 3, linear / 10):  # cut the linear error by 1.5x, 3x, 10x
-                got, want = c.run(fn, x, bits, ratios, t), fewest_outliers_solution(x, bits, ratios, t)
-                c.expect(got is FAILED or got == want, f"fn(x of {x.numel()} values, bits={bits}, ratios, {t:.2e}): "
-                                      f"expected {want}, got {got!r}")
-    return c.verdict("outlier_grid(x, bits, ratio).mse is the error of one ratio; try the ratios in increasing "
-                     "order and return None when even the largest misses the target")
+                want = fewest_outliers_solution(x, bits, ratios, t)
+                got = c.run(fn, x, bits, ratios, t, may_return_none=True)  # None is right when no ratio will do
+                if got is FAILED:
+                    return
+                if got is None and want is not None:
+                    c.fail_once(f"{RETURNED_NONE} (None is right only when no ratio reaches the target)")
+                    continue
+                c.expect(got == want, f"fn(x of {x.numel()} values, bits={bits}, ratios, {t:.2e}): "
+                                      f"expected {want}, got {describe(got)}")

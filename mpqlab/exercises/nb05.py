@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mpqlab.exercises import FAILED, Check, with_solution
+from mpqlab.exercises import FAILED, exercise
 
 
 def relative_error_solution(y_hat, y):
@@ -33,33 +33,33 @@ def _cases():
     return residual, xs, quantizer_pairs
 
 
-@with_solution(relative_error_solution)
-def check_relative_error(fn) -> bool:
+@exercise("relative error of a block output", relative_error_solution,
+          hint="one norm of the whole difference over one norm of the whole reference; no per-element ratios")
+def check_relative_error(c, fn) -> None:
     """Exercise 1: ``fn(y_hat, y)`` returns ||y_hat - y|| / ||y|| as a float."""
-    c = Check("relative error of a block output")
     g = torch.Generator().manual_seed(6)
     for shape in [(5,), (2, 3, 4, 4), (16, 8)]:
         y = torch.randn(shape, generator=g)
         y_hat = y + 0.1 * torch.randn(shape, generator=g) + 0.05
-        c.close(c.run(fn, y_hat, y), relative_error_solution(y_hat, y), f"fn(y_hat, y), shape {shape}", rel=1e-5)
-    return c.verdict("one norm of the whole difference over one norm of the whole reference; no per-element ratios")
+        want = relative_error_solution(y_hat, y)
+        got = c.run(fn, y_hat, y)
+        if got is FAILED:  # the reason is recorded: one message is enough
+            break
+        c.close(got, want, f"fn(y_hat, y), shape {shape}", rel=1e-5)
 
 
 HIGHWAY_HINT = "quantize x twice, once for each path; do not quantize the sum, and apply the ReLU last"
 
 
-@with_solution(highway_block_solution)
-def check_highway_block(fn) -> bool:
+@exercise("a precision-highway block", highway_block_solution, hint=HIGHWAY_HINT)
+def check_highway_block(c, fn) -> None:
     """Exercise 2: ``fn(x, residual, q_branch, q_skip)`` returns ReLU(F(Q_b(x)) + Q_s(x))."""
-    c = Check("a precision-highway block")
     residual, xs, pairs = _cases()
     for x in xs:
         for i, (q_branch, q_skip) in enumerate(pairs):
-            got = c.run(fn, x, residual, q_branch, q_skip)
-            if got is FAILED:  # the exception is already reported
-                continue
             want = highway_block_solution(x, residual, q_branch, q_skip)
-            ok = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
-            c.expect(ok, f"quantizer pair {i}, x of shape {tuple(x.shape)}: "
-                         "the output differs from ReLU(F(Q_b(x)) + Q_s(x))")
-    return c.verdict(HIGHWAY_HINT)
+            got = c.run(fn, x, residual, q_branch, q_skip)
+            if got is FAILED:
+                return
+            c.tensor_close(got, want, f"quantizer pair {i}, x of shape {tuple(x.shape)}: "
+                                      "the output differs from ReLU(F(Q_b(x)) + Q_s(x))", atol=1e-6)

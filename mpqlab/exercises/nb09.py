@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mpqlab.exercises import FAILED, Check, with_solution
+from mpqlab.exercises import FAILED, describe, exercise
 
 
 def count_per_level_solution(x, scale, bits):
@@ -28,47 +28,48 @@ def slope_solution(x, y):
     return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
 
 
-@with_solution(count_per_level_solution)
-def check_count_per_level(fn) -> bool:
+@exercise("distinct values per level", count_per_level_solution,
+          hint="count torch.unique(x) once each; values beyond the grid clip onto the end levels")
+def check_count_per_level(c, fn) -> None:
     """Exercise 1: ``fn(x, scale, bits)`` returns ``{level: number of distinct values of x on it}`` (signed grid)."""
-    c = Check("distinct values per level")
     x = torch.tensor([-0.9, -0.31, -0.31, -0.05, 0.0, 0.04, 0.12, 0.26, 0.26, 0.49, 0.77, 1.6])
     for scale, bits in [(0.25, 2), (0.1, 3), (0.5, 2), (0.05, 4)]:
-        got = c.run(fn, x, scale, bits)
-        if got is FAILED:  # it raised: one message is enough
-            break
         want = count_per_level_solution(x, scale, bits)
+        got = c.run(fn, x, scale, bits)
+        if got is FAILED:  # the reason is recorded: one message is enough
+            break
         try:
             ok = {int(k): int(v) for k, v in dict(got).items() if int(v) != 0} == {k: v for k, v in want.items() if v}
         except (TypeError, ValueError):
             ok = False
-        c.expect(ok, f"scale={scale}, bits={bits}: expected {want}, got {got!r}")
-    return c.verdict("count torch.unique(x) once each; values beyond the grid clip onto the end levels")
+        c.expect(ok, f"scale={scale}, bits={bits}: expected {want}, got {describe(got)}")
 
 
-@with_solution(normalised_degradation_solution)
-def check_normalised_degradation(fn) -> bool:
+@exercise("normalised accuracy degradation", normalised_degradation_solution,
+          hint="degradation is reference minus run (a gain is negative); divide by the largest one")
+def check_normalised_degradation(c, fn) -> None:
     """Exercise 2: ``fn(acc_ref, accs)`` returns ``(acc_ref - acc_i) / max_j (acc_ref - acc_j)`` for every run."""
-    c = Check("normalised accuracy degradation")
     for acc_ref, accs in [(0.92, [0.91, 0.90, 0.80]), (0.9, [0.5, 0.85, 0.91, 0.9]), (0.75, [0.70])]:
-        got = c.run(fn, acc_ref, accs)
-        if got is FAILED:  # it raised: one message is enough
-            break
         want = normalised_degradation_solution(acc_ref, accs)
+        got = c.run(fn, acc_ref, accs)
+        if got is FAILED:
+            break
         try:
             got = [float(v) for v in got]
             ok = len(got) == len(want) and all(math.isclose(g, w, abs_tol=1e-9) for g, w in zip(got, want))
         except (TypeError, ValueError):
             ok = False
-        c.expect(ok, f"acc_ref={acc_ref}, accs={accs}: expected {want}, got {got!r}")
-    return c.verdict("degradation is reference minus run (a gain is negative); divide by the largest one")
+        c.expect(ok, f"acc_ref={acc_ref}, accs={accs}: expected {want}, got {describe(got)}")
 
 
-@with_solution(slope_solution)
-def check_slope(fn) -> bool:
+@exercise("slope of a linear fit", slope_solution,
+          hint="slope = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2)")
+def check_slope(c, fn) -> None:
     """Exercise 3: ``fn(x, y)`` returns the least-squares slope of y against x."""
-    c = Check("slope of a linear fit")
     for x, y in [([0.0, 1.0, 2.0], [1.0, 3.0, 5.0]), ([0.1, 0.2, 0.4, 0.8], [0.0, 0.3, 0.2, 1.0]),
                  ([5.0, 1.0], [2.0, 2.0])]:
-        c.close(c.run(fn, x, y), slope_solution(x, y), f"x={x}, y={y}", rel=1e-6, abs_=1e-9)
-    return c.verdict("slope = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2)")
+        want = slope_solution(x, y)
+        got = c.run(fn, x, y)
+        if got is FAILED:
+            break
+        c.close(got, want, f"x={x}, y={y}", rel=1e-6, abs_=1e-9)
