@@ -150,7 +150,7 @@ class LSQQuantizer(Quantizer):
     def __init__(self, bits: int, role: str = "weight", *, signed: bool | None = None, grad_scale: bool = True,
                  bit_options: list[int] | None = None, init_step: float | None = None):
         if role not in ("weight", "act"):
-            raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+            raise QuantParamError(f"role must be 'weight' or 'act', got {role!r}")
         self.signed = (role == "weight") if signed is None else bool(signed)
         # a signed 1-bit grid {-1, 0} has Q_P = 0: no positive level and g = 1/sqrt(0)
         self.min_bits = 2 if self.signed else 1

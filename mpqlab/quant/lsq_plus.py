@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from mpqlab.errors import TensorValueError
+from mpqlab.errors import QuantParamError, TensorValueError
 from mpqlab.quant.lsq import check_step, lsq_quantize, lsq_range
 from mpqlab.quant.quantizer import Quantizer
 
@@ -68,9 +68,9 @@ class LSQPlusQuantizer(Quantizer):
 
     def __init__(self, bits: int, role: str = "act", *, init: str = "minmax", grad_scale: bool = True):
         if role not in ("weight", "act"):
-            raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+            raise QuantParamError(f"role must be 'weight' or 'act', got {role!r}")
         if init not in ("minmax", "mse"):
-            raise ValueError(f"init must be 'minmax' or 'mse', got {init!r}")
+            raise QuantParamError(f"init must be 'minmax' or 'mse', got {init!r}")
         self.min_bits = 2 if role == "weight" else 1  # a signed 1-bit grid has no positive level
         super().__init__(bits)
         self.role, self.init, self.grad_scale = role, init, grad_scale

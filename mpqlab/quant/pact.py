@@ -93,7 +93,7 @@ class DoReFaWeightQuantizer(Quantizer):
     def __init__(self, bits: int, output_scale: str = "max_abs"):
         super().__init__(bits)
         if output_scale not in ("max_abs", "normalized"):
-            raise ValueError(f"output_scale must be 'max_abs' or 'normalized', got {output_scale!r}")
+            raise QuantParamError(f"output_scale must be 'max_abs' or 'normalized', got {output_scale!r}")
         self.output_scale = output_scale
 
     def quantize_float(self, w: torch.Tensor) -> torch.Tensor:

@@ -69,9 +69,9 @@ class QILQuantizer(Quantizer):
     def __init__(self, bits: int, role: str = "weight", *, output_scale: str = "normalized",
                  init_c: float | None = None, init_d: float | None = None, init_gamma: float = 1.0):
         if role not in ("weight", "act"):
-            raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+            raise QuantParamError(f"role must be 'weight' or 'act', got {role!r}")
         if output_scale not in ("normalized", "interval"):
-            raise ValueError(f"output_scale must be 'normalized' or 'interval', got {output_scale!r}")
+            raise QuantParamError(f"output_scale must be 'normalized' or 'interval', got {output_scale!r}")
         self.min_bits = 2 if role == "weight" else 1  # 1-bit weights would give q_D = 2^0 - 1 = 0
         super().__init__(bits)
         self.role, self.output_scale = role, output_scale
