@@ -36,9 +36,8 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
+def _write_temp(path: Path, write) -> Path:
+    """Call ``write(file_object)`` on a new temporary file next to ``path``; return the flushed file's path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -47,9 +46,20 @@ def atomic_write_bytes(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are meant to be shared
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    tmp = _write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -58,15 +68,46 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+def _plain_number(value):
+    """``json.dumps``' fallback for metadata: NumPy and 0-d torch scalars become Python numbers."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # np.float32(0.9), torch.tensor(3)
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r}")
+
+
+def meta_json(meta: dict | None) -> str:
+    """``meta`` as indented JSON text, or CheckpointError naming what JSON cannot hold."""
+    if meta is not None and not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata must be a dict, got {type(meta).__name__}")
+    try:
+        return json.dumps(dict(meta or {}), indent=2, default=_plain_number) + "\n"
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint metadata must hold plain numbers, strings, lists and dicts with "
+                              f"string keys; cannot write {err}") from None
+
+
 def save_checkpoint(path, state_dict: dict, meta: dict | None = None) -> Path:
-    """Save ``state_dict`` to ``path`` and its metadata plus SHA-256 to ``path`` with suffix .json."""
+    """Save ``state_dict`` to ``path`` and its metadata plus SHA-256 to ``path`` with suffix .json.
+
+    Both files are written to temporaries first and renamed only once both are complete, so a save
+    that fails (metadata JSON cannot hold, a full disk) leaves the previous checkpoint as it was.
+    """
     path = Path(path)
+    meta_path = path.with_suffix(".json")
+    meta_json(meta)  # bad metadata fails here, before anything is written
     tensors = {k: v.detach().cpu() for k, v in state_dict.items()}
-    atomic_write_bytes(path, lambda f: torch.save(tensors, f))
-    info = dict(meta or {})
-    info["sha256"] = sha256_of(path)
-    info["keys"] = len(tensors)
-    atomic_write_json(path.with_suffix(".json"), info)
+    pt_tmp = _write_temp(path, lambda f: torch.save(tensors, f))
+    json_tmp = None
+    try:
+        text = meta_json({**(meta or {}), "sha256": sha256_of(pt_tmp), "keys": len(tensors)})
+        json_tmp = _write_temp(meta_path, lambda f: f.write(text.encode()))
+        os.replace(pt_tmp, path)
+        os.replace(json_tmp, meta_path)
+    except BaseException:
+        for tmp in (pt_tmp, json_tmp):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -76,9 +117,13 @@ def read_meta(path) -> dict:
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint metadata not found: {meta_path} (it is written beside the .pt file)")
     try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint metadata {meta_path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {meta_path} holds a JSON {type(meta).__name__}, not an object "
+                              f"with sha256 and keys; restore it from git or save the checkpoint again.")
+    return meta
 
 
 def load_checkpoint(path, verify: bool = True) -> dict:
@@ -103,13 +148,27 @@ def load_checkpoint(path, verify: bool = True) -> dict:
 
 
 def load_into(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> torch.nn.Module:
-    """Load ``state`` into ``model``, naming missing and unexpected keys if they do not match."""
-    own = set(model.state_dict())
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    """Load ``state`` into ``model``, naming missing and unexpected keys, or tensors of the wrong shape.
+
+    On a shape error ``model`` may already hold some of the checkpoint's tensors: build it afresh.
+    """
+    name = type(model).__name__
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} does not hold a state dict for {name} (found {type(state).__name__})")
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit {type(model).__name__}: missing keys {missing[:5]}, "
+        raise CheckpointError(f"{source} does not fit {name}: missing keys {missing[:5]}, "
                               f"unexpected keys {unexpected[:5]}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        # Same keys, other shapes (a sibling model: other width or classes): torch lists every
+        # "size mismatch for <key>: ..." on its own line; a few of them, on one line, name the problem.
+        # Shapes are not compared up front: per-channel quantizer scales take the saved shape.
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+        raise CheckpointError(f"{source} does not fit {name}, it was saved from another model: "
+                              f"{' '.join(lines[:3])}{' ...' if len(lines) > 3 else ''}") from None
     return model
 
 

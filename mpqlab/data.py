@@ -13,8 +13,10 @@ test set is only ever used to report results. Everything is held in memory as te
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +69,19 @@ def read_idx(path: Path, expected_count: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
+    # A damaged stream fails in zlib (zlib.error), a bad header as gzip.BadGzipFile (an OSError),
+    # a cut-off one as EOFError.
+    except (OSError, EOFError, zlib.error) as err:
         raise DataFileError(f"Fashion-MNIST file {path} is truncated or not gzip data ({err}). {HOW_TO_GET}") from None
-    if len(raw) < 8 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
+    if len(raw) < 8 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] == 0:
         raise DataFileError(f"{path} is not an IDX file of unsigned bytes. {HOW_TO_GET}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:  # the header promises ndim sizes of 4 bytes each
+        raise DataFileError(f"{path} ends inside its IDX header ({len(raw)} bytes, the header needs "
+                            f"{4 + 4 * ndim} for {ndim} dimension sizes). {HOW_TO_GET}")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if dims[0] != expected_count or data.size != int(np.prod(dims)):
+    if dims[0] != expected_count or data.size != math.prod(dims):  # exact ints: np.prod can overflow
         raise DataFileError(
             f"{path} holds {data.size} bytes for shape {dims}; expected {expected_count} items. {HOW_TO_GET}")
     return data.reshape(dims)

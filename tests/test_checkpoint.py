@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,59 @@ def test_loading_is_weights_only(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(path, verify=False)
+
+
+def test_checkpoint_of_a_sibling_model_names_the_file_and_the_model(tmp_path):
+    """Same keys, other shapes (width 0.5 vs 0.25): a CheckpointError, not torch's size-mismatch RuntimeError."""
+    path = save_checkpoint(tmp_path / "wide.pt", mobilenet_v1_small(width=0.5).state_dict(), {})
+    with pytest.raises(CheckpointError, match=r"wide\.pt does not fit MobileNetV1.*size mismatch"):
+        load_into(mobilenet_v1_small(), load_checkpoint(path), source=str(path))
+    with pytest.raises(CheckpointError, match="ResNet20.*found list"):
+        load_into(resnet20(), [1, 2])
+
+
+@pytest.mark.parametrize("text, found", [("[1, 2]", "list"), ('"sha"', "str"), ("null", "NoneType")])
+def test_metadata_that_is_not_an_object_is_a_checkpoint_error(tmp_path, text, found):
+    path = save_checkpoint(tmp_path / "resnet20.pt", resnet20().state_dict(), {})
+    path.with_suffix(".json").write_text(text)
+    with pytest.raises(CheckpointError, match=rf"resnet20\.json holds a JSON {found}"):
+        load_checkpoint(path)
+
+
+def test_numpy_scalars_in_metadata_are_written_as_numbers(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", resnet20().state_dict(),
+                           {"acc": np.float32(0.5), "epochs": np.int64(3), "loss": torch.tensor(0.25)})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["acc"] == 0.5 and meta["epochs"] == 3 and meta["loss"] == 0.25
+    load_checkpoint(path)
+
+
+@pytest.mark.parametrize("meta, text", [
+    ({"weights": np.zeros(3)}, "ndarray"),
+    ({"fn": print}, "builtin_function_or_method"),
+    ({(1, 2): "tuple key"}, "keys"),
+    ([("acc", 0.9)], "must be a dict"),
+])
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, meta, text):
+    old = resnet20().state_dict()
+    path = save_checkpoint(tmp_path / "m.pt", old, {"run": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(CheckpointError, match=text):
+        save_checkpoint(path, {k: v + 1 for k, v in old.items()}, meta)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary left behind either
+    state = load_checkpoint(path)
+    assert all(torch.equal(state[k], v) for k, v in old.items())
+
+
+def test_a_save_failing_while_writing_the_tensors_changes_nothing(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", resnet20().state_dict(), {"run": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, mobilenet_v1_small().state_dict(), {"run": 2})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -83,6 +83,67 @@ def test_missing_and_malformed_files_give_one_line_errors(tmp_path, capsys):
     assert "weight_indicators['layer1']['2']" in err and "'lots'" in err
 
 
+def _raw():
+    return indicators_to_dict(synthetic_indicators(3, bit_options=(4, 2), seed=1))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("change, text", [
+    (lambda r: r["layer_macs"].update({"layer0": 10**400}), "10**400"),  # float() of it overflows
+    (lambda r: r["layer_params"].update({"layer2": 10**20}), "layer_params['layer2']"),
+    (lambda r: r["layer_macs"].update({"layer1": 4096.5}), "4096.5"),
+    (lambda r: r["layer_macs"].update({"layer1": 1e300}), "1e+300"),
+    (lambda r: r["layer_macs"].update({"layer1": "4096"}), "'4096'"),
+    (lambda r: r["layer_params"].update({"layer1": -8}), "-8"),
+    (lambda r: r["layer_params"].update({"layer1": None}), "None"),
+    (lambda r: r["fixed_layers"]["first"].update({"w_bits": 4.0}), "w_bits"),
+    (lambda r: r["fixed_layers"]["last"].update({"macs": 10**400}), "fixed_layers['last']['macs']"),
+    (lambda r: r["weight_indicators"]["layer0"].update({"4": 10**400}), "10**400"),  # an int, but not finite
+    (lambda r: r["act_indicators"]["layer2"].update({"2": float("nan")}), "nan"),
+    (lambda r: r["act_indicators"]["layer2"].update({"2": float("inf")}), "inf"),
+    (lambda r: r["act_indicators"]["layer2"].update({"2": [0.1]}), "[0.1]"),
+    (lambda r: r["act_indicators"].update({"layer2": []}), "layer2"),
+    (lambda r: r["weight_indicators"]["layer1"].update({"04": 0.3}), "twice"),
+    (lambda r: r.pop("act_indicators"), "act_indicators"),
+    (lambda r: r.update({"layer_names": ["layer0", 7]}), "layer_names"),
+    (lambda r: r.update({"fixed_layers": [1, 2]}), "fixed_layers"),
+    (lambda r: r["fixed_layers"].update({"layer0": r["fixed_layers"]["first"]}), "layer0"),
+])
+def test_malformed_indicator_files_exit_2_with_one_line(tmp_path, capsys, change, text):
+    raw = _raw()
+    change(raw)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(raw))  # json writes NaN, Infinity and 400-digit ints; Python reads them back
+    for budget in ([], ["--wb", "4", "--ab", "4", "--cr", "9"]):
+        err = _error(["search", "--indicators", str(bad), "--bits", "4", "2"] + budget, capsys)
+        assert err.startswith("mpqlab search: error: ") and str(bad) in err and text in err, err
+
+
+@pytest.mark.parametrize("text, error", [
+    ('{"layer_names": [' + "[" * 100000 + "]" * 100000 + "]}", "not valid JSON"),  # nesting: RecursionError
+    ('{"layer_macs": ' + "9" * 5000 + "}", "not valid JSON"),  # over Python's 4300-digit int limit
+    ("[1, 2]", "expected a JSON object"),
+    ('{"layer_names": []}', "missing key"),
+])
+def test_unparseable_indicator_files_exit_2_with_one_line(tmp_path, capsys, text, error):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    assert error in _error(["search", "--indicators", str(bad), "--bits", "4", "2"], capsys)
+
+
+def test_a_huge_layer_macs_exits_2_with_one_line_as_a_program(tmp_path):
+    raw = _raw()
+    raw["layer_macs"]["layer0"] = 10**400
+    bad = tmp_path / "huge.json"
+    bad.write_text(json.dumps(raw))
+    run = subprocess.run([sys.executable, "-m", "mpqlab", "search", "--indicators", str(bad), "--bits", "4", "2",
+                          "--wb", "4", "--ab", "4"], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("mpqlab search: error: ")
+    assert "layer_macs['layer0']" in run.stderr and "10**400" in run.stderr
+
+
 def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as info:
         main([])
@@ -97,8 +158,9 @@ def test_python_dash_m_runs_as_a_program(ind_file):
     ok = subprocess.run([sys.executable, "-m", "mpqlab", "search", "--indicators", str(ind_file),
                          "--bits", "4", "2", "--wb", "4", "--ab", "2"],
                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert len(json.loads(ok.stdout)["weight_bits"]) == 6
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    # The whole of stdout is the JSON: nothing else (HiGHS's banner, printed from C) may reach it.
+    assert ok.stdout.startswith("{\n") and len(json.loads(ok.stdout)["weight_bits"]) == 6
     bad = subprocess.run([sys.executable, "-m", "mpqlab", "search", "--indicators", str(ind_file),
                           "--bits", "4", "2", "--wb", "1", "--ab", "1"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)

@@ -4,7 +4,9 @@ import shutil
 import pytest
 import torch
 
-from mpqlab.data import CLASS_NAMES, FILES, calibration_batch, data_root, fashion_mnist_splits, make_loaders, unnormalize
+from mpqlab.data import (
+    CLASS_NAMES, FILES, calibration_batch, data_root, fashion_mnist_splits, make_loaders, read_idx, unnormalize,
+)
 from mpqlab.errors import DataFileError
 
 
@@ -62,3 +64,36 @@ def test_env_var_points_elsewhere(tmp_path, monkeypatch):
     assert data_root() == tmp_path
     with pytest.raises(DataFileError, match=str(tmp_path)):
         fashion_mnist_splits()
+
+
+def _idx_gz(path, header: bytes, body: bytes = b"") -> None:
+    path.write_bytes(gzip.compress(header + body))
+
+
+def test_damaged_files_name_the_file_and_the_fix(tmp_path):
+    """Corrupt deflate data (zlib.error), a bad gzip header, a cut-off stream, a short IDX header
+    (struct.error before) and a header with no dimensions: each a DataFileError naming file and fix."""
+    name = FILES["test_labels"][0]
+    good = gzip.compress(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + bytes(range(10)) * 50)
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2:len(damaged) // 2 + 2] = bytes(b ^ 0xFF for b in damaged[len(damaged) // 2:][:2])
+    cases = {
+        "deflate": bytes(damaged),
+        "header": b"\x1f\x8b\x09" + good[3:],  # compression method 9 does not exist
+        "cut": good[:-12],
+        "short": gzip.compress(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big")),  # 3 sizes promised, 1 given
+        "ndim0": gzip.compress(b"\x00\x00\x08\x00" + bytes(8)),
+    }
+    for case, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataFileError, match=rf"t10k-labels-idx1-ubyte\.gz.*apt-get install dataset-fashion-mnist"):
+            read_idx(tmp_path / name, 10)
+
+
+def test_huge_dimension_sizes_do_not_overflow_into_a_match(tmp_path):
+    """10 * 2**31 * 2**31 * 8 is 0 modulo 2**64: np.prod's int64 wraps to 0 and matched an empty body."""
+    path = tmp_path / FILES["test_images"][0]
+    sizes = (10, 2**31, 2**31, 8)
+    _idx_gz(path, b"\x00\x00\x08\x04" + b"".join(n.to_bytes(4, "big") for n in sizes))
+    with pytest.raises(DataFileError, match="t10k-images.*expected 10 items"):
+        read_idx(path, 10)

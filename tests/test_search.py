@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,14 @@ from mpqlab.errors import BitWidthError, DataFileError, InfeasibleBudgetError, Q
 from mpqlab.limpq.indicators import (
     FixedLayer,
     Indicators,
+    check_indicators,
     indicators_to_dict,
     load_indicators,
     save_indicators,
     synthetic_indicators,
 )
 from mpqlab.limpq.search import (
+    _solve,
     allowed_bits,
     min_bitops,
     min_size_bits,
@@ -31,6 +36,7 @@ from mpqlab.limpq.search import (
     uniform_budget,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/limpq_resnet50_indicators.json"
 needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason=f"LIMPQ fixture not found at {FIXTURE}")
 
@@ -195,6 +201,28 @@ def test_budget_at_the_minimum_is_feasible_and_one_below_is_not():
         solve_policy(ind, options, size_budget_bits=smallest - 1)
 
 
+def test_solving_prints_nothing_not_even_the_highs_banner(capfd):
+    """highspy 1.16 prints "Running HiGHS ..." from C on the process's stdout (fd 1) when its first
+    solver is built, once per process: so the solve runs in a fresh child writing to capfd's fd 1."""
+    code = ("from mpqlab.limpq.indicators import synthetic_indicators as s\n"
+            "from mpqlab.limpq.search import size_budget, solve_policy, uniform_budget\n"
+            "ind = s(6, seed=4)\n"
+            "r = solve_policy(ind, [6, 4, 2], uniform_budget(ind, 4, 4), size_budget(ind, 8.0))  # LP, then ILP\n"
+            "assert r.status == 'Optimal'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert capfd.readouterr() == ("", "")
+
+
+def test_lp_relaxation_gives_the_budget_row_its_dual_price():
+    """Two layers, pairs (cost 0, BitOps 4) and (cost 1, BitOps 1), budget 5: one layer must go low,
+    the LP spreads it, and each unit of budget is worth 1/3 of cost, the price reduced_cost_filter uses."""
+    status, x, multipliers = _solve([0, 0, 1, 1], [0.0, 1.0, 0.0, 1.0], {"bitops": ([4, 1, 4, 1], 5)},
+                                    "highs", relax=True)
+    assert status == "Optimal" and x[1] + x[3] == pytest.approx(1.0)
+    assert multipliers["bitops"] == pytest.approx(1 / 3)
+
+
 @pytest.mark.filterwarnings("ignore:PULP_CBC_CMD is deprecated")
 def test_cbc_is_feasible_but_never_better_than_highs():
     ind, options = synthetic_indicators(8, seed=1), [6, 5, 4, 3, 2]
@@ -294,9 +322,72 @@ def test_malformed_indicator_files_name_the_bad_value(tmp_path, change, text):
     assert text in str(info.value) and str(path) in str(info.value)
 
 
+def _bad_in_memory(change):
+    ind = synthetic_indicators(4, seed=1)
+    change(ind)
+    return ind
+
+
+@pytest.mark.timeout(20)  # a NaN with a budget used to stall HiGHS 1.16
+@pytest.mark.parametrize("budget", [False, True])
+@pytest.mark.parametrize("change, text", [
+    (lambda i: i.weight_indicators["layer0"].update({4: math.nan}), "weight_indicators['layer0'][4]"),
+    (lambda i: i.act_indicators["layer3"].update({2: -math.inf}), "-inf"),
+    (lambda i: i.act_indicators["layer1"].update({6: "0.3"}), "'0.3'"),
+    (lambda i: i.weight_indicators["layer2"].update({40: 0.1}), "40"),
+    (lambda i: i.weight_indicators.pop("layer2"), "layer2"),
+    (lambda i: i.layer_macs.update({"layer1": 10**400}), "10**400"),
+    (lambda i: i.layer_macs.update({"layer1": 1e300}), "1e+300"),
+    (lambda i: i.layer_macs.update({"layer1": 4096.5}), "4096.5"),
+    (lambda i: i.layer_params.update({"layer0": 0}), "layer_params['layer0']"),
+    (lambda i: i.layer_params.update({"layer0": True}), "True"),
+    (lambda i: i.fixed_layers.update({"last": FixedLayer(macs=-5, params=10)}), "-5"),
+    (lambda i: i.fixed_layers.update({"last": FixedLayer(macs=5, params=10, w_bits=0)}), "w_bits"),
+    (lambda i: i.layer_names.append("layer0"), "repeats"),
+])
+def test_in_memory_indicators_are_checked_like_a_file(change, text, budget):
+    ind = _bad_in_memory(change)
+    with pytest.raises(DataFileError, match="indicators passed to solve_policy") as info:
+        solve_policy(ind, [6, 4, 2], bitops_budget=uniform_budget(synthetic_indicators(4, seed=1), 4, 4)
+                     if budget else None)
+    assert text in str(info.value)
+
+
+def test_in_memory_checks_accept_numpy_numbers_and_tuples():
+    np = pytest.importorskip("numpy")
+    ind = synthetic_indicators(4, seed=1)
+    plain = solve_policy(ind, [6, 4, 2], uniform_budget(ind, 4, 4))
+    ind.layer_names = tuple(ind.layer_names)
+    ind.weight_indicators = {n: {np.int64(b): np.float32(v) for b, v in row.items()}
+                             for n, row in ind.weight_indicators.items()}
+    ind.layer_macs = {n: np.int64(m) for n, m in ind.layer_macs.items()}
+    again = solve_policy(ind, [6, 4, 2], uniform_budget(synthetic_indicators(4, seed=1), 4, 4))
+    assert again.weight_bits == plain.weight_bits and again.act_bits == plain.act_bits
+    assert check_indicators(synthetic_indicators(4, seed=1)) == synthetic_indicators(4, seed=1)
+    with pytest.raises(DataFileError, match="expected an Indicators object"):
+        check_indicators({"layer_names": ["a"]})
+
+
+def test_indicators_that_overflow_the_cost_raise_instead_of_solving_with_inf():
+    ind = synthetic_indicators(3, seed=1)
+    ind.weight_indicators["layer0"][4] = 1e308  # finite, but s_a + 2 * s_w is not
+    with pytest.raises(QuantParamError, match="overflows"):
+        solve_policy(ind, [6, 4, 2])
+
+
 def test_missing_and_non_json_files(tmp_path):
     with pytest.raises(DataFileError, match="not found"):
         load_indicators(tmp_path / "nope.json")
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(DataFileError, match="not valid JSON"):
         load_indicators(tmp_path / "x.json")
+
+
+def test_saved_indicator_files_are_readable_by_everyone(tmp_path):
+    import stat
+
+    from mpqlab.limpq.indicators import load_indicators, save_indicators, synthetic_indicators
+
+    path = save_indicators(tmp_path / "ind.json", synthetic_indicators(3))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # the shared atomic writer, not mkstemp's owner-only 0600
+    assert load_indicators(path).layer_names == synthetic_indicators(3).layer_names

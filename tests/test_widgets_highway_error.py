@@ -132,3 +132,24 @@ def test_panel_wires_the_controls_and_caches(model, images, monkeypatch):
     controls["skip"].value = "same bits"
     assert calls[-1][:2] == (2, "same bits")
     assert len({c[2] for c in calls}) == 1  # one cache for the panel's lifetime
+
+
+@pytest.mark.parametrize("bad, which", [
+    (torch.randn(2, 3, 32, 32), "calib_images"),  # three channels for a one-channel model
+    (torch.randn(2, 1024), "probe"),  # flattened images
+    (torch.ones(2, 1, 32, 32, dtype=torch.int64), "probe"),  # integer pixels
+])
+def test_images_that_do_not_fit_the_model_are_a_message(model, images, bad, which):
+    """These used to reach conv2d and raise torch's RuntimeError instead of a message."""
+    calib, probe = (bad, images[1]) if which == "calib_images" else (images[0], bad)
+    with pytest.raises(TensorValueError, match=rf"{which} must be a floating-point batch \(N, 1, H, W\)"):
+        highway_error(model, calib, probe, 3, "float")
+    fig, text = render_highway_error(model, calib, probe, 3, "float")
+    assert fig is None and text.startswith("Error: ") and str(tuple(bad.shape)) in text
+
+
+def test_panel_shows_bad_images_as_a_red_message(model, images, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    highway_error_panel(model, torch.randn(2, 3, 32, 32), images[1])  # the real render, through the callback
+    assert any("calib_images must be" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

@@ -115,3 +115,24 @@ def test_linear_levels_are_the_values_the_linear_grid_outputs(w, signed):
     levels = linear_grid_levels(w, 4, signed)
     assert len(levels) == (15 if signed else 16)
     assert torch.isin(linear_grid_quantize(w, 4, signed).double(), levels.float().double()).all()
+
+
+def test_tensors_without_magnitudes_show_a_message_instead_of_raising():
+    """All zeros used to crash the log2|w| histogram (min of an empty array) outside the try."""
+    fig, text = render_log_grid(torch.zeros(10), 4, 1)
+    assert fig is None and text.startswith("Error: ") and "no nonzero values" in text
+    with pytest.raises(TensorValueError, match="no positive values"):
+        log_grid(-torch.rand(5, generator=torch.Generator().manual_seed(0)), 4, 0, signed=False)
+
+
+def test_fsr_range_checks_the_tensor_and_takes_integer_ones():
+    assert fsr_slider_range(torch.ones(4, dtype=torch.bool), "2") == fsr_slider_range(torch.ones(4), "2")
+    with pytest.raises(TensorValueError, match="empty"):
+        fsr_slider_range(torch.tensor([]), "2")
+
+
+def test_panel_shows_a_bad_tensor_as_a_red_message(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    log_grid_panel(torch.zeros(10))  # the real render_log_grid, through the panel's callback
+    assert any("no nonzero values" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

@@ -45,3 +45,21 @@ def test_plot_returns_a_figure():
     fig = plot_lsq_transfer(lsq_transfer(1, 0.3, signed=False))
     assert len(fig.axes) == 2
     plt.close(fig)
+
+
+@pytest.mark.parametrize("step", [1e38, 1e-45])
+def test_steps_outside_float32_are_a_message(step):
+    """1e38 used to overflow torch.linspace (a RuntimeError); 1e-45 is below float32's normal range."""
+    with pytest.raises(QuantParamError, match="outside float32"):
+        lsq_transfer(2, step, signed=False)
+    fig, text = render_lsq_transfer(2, step, False)
+    assert fig is None and text.startswith("Error: ") and "float32" in text
+
+
+def test_panel_shows_a_zero_step_as_a_red_message(monkeypatch):
+    from mpqlab.widgets.lsq_transfer import lsq_transfer_panel
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    lsq_transfer_panel(step=0.0)  # the slider starts at 0: the real render, through the panel's callback
+    assert any("step" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

@@ -70,3 +70,21 @@ def test_render_and_panel_draw(w):
     plt.close(fig)
     outlier_panel({"w": w, "a": w.relu()})  # builds and draws once without raising
     plt.close("all")
+
+
+@pytest.mark.parametrize("x", [torch.tensor([1e-45, -1e-45, 0.0, 3e-45]),  # subnormal: no float32 histogram bins
+                               torch.tensor([3e38, -3e38, 1e38, 0.5])])  # near float32's largest value
+def test_extreme_ranges_draw_and_report_finite_errors(x):
+    from mpqlab.plots import figure_png
+
+    fig, text = render_outlier_grid(x, 3, 0.0)
+    assert fig is not None and figure_png(fig).startswith(b"\x89PNG")
+    r = outlier_grid(x, 3, 0.0)
+    assert r.mse < float("inf") and r.linear_mse < float("inf")  # float64 squares, not float32
+
+
+def test_panel_shows_bad_data_as_a_red_message(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    outlier_panel({"nan": torch.tensor([0.1, float("nan")])})  # the real render, through the panel's callback
+    assert any("NaN" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

@@ -145,3 +145,28 @@ def test_panel_callback_redraws_and_shows_errors_as_messages(w, act, monkeypatch
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("MSE: ")
     controls["tensor"].value = "activations"
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("MSE: ")
+
+
+def test_grid_ends_beyond_float32_are_a_message():
+    x = torch.tensor([3.4e38, -3.4e38, 1.0])
+    with pytest.raises(TensorValueError, match="overflow float32"):
+        explore_quantizer(x, 4, True, False, "minmax")
+    fig, text = render_quantizer(x, 4, True, False, "minmax")
+    assert fig is None and text.startswith("Error: ") and "scale x down" in text
+
+
+@pytest.mark.parametrize("x", [torch.tensor([1e-45, -1e-45, 0.0, 3e-45]), torch.tensor([1e30, -2e30, 5e29])])
+def test_tiny_and_large_values_draw_with_finite_errors(x):
+    from mpqlab.plots import figure_png
+
+    fig, text = render_quantizer(x, 4, False, False, "minmax")
+    assert fig is not None and figure_png(fig).startswith(b"\x89PNG")
+    r = explore_quantizer(x, 4, False, False, "minmax")
+    assert r.mse < float("inf") and r.channel_error == r.channel_error  # float64: no inf square, no inf / inf
+
+
+def test_panel_shows_bad_data_as_a_red_message(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    quantizer_explorer_panel({"huge": (torch.tensor([3.4e38, -3.4e38]), 0)})  # the real render
+    assert any("overflow float32" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

@@ -1,6 +1,10 @@
 """The LIMPQ search panel: the pure solve-and-summarise function, its error path, and the wiring."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -67,6 +71,23 @@ def test_errors_become_a_message_not_an_exception(ind, kinds):
     assert state is None and text.startswith("Error:") and "empty" in text
     state, fig, text = render_search(ind, kinds, uniform_budget(ind, 4, 4), None, OPTIONS, alpha=-1)
     assert state is None and "alpha" in text
+
+
+def test_panel_solve_prints_nothing_on_the_process_stdout(capfd):
+    """The HiGHS banner, printed from C on fd 1 once per process, would land in the notebook's log above
+    the panel's text: a fresh child process runs the panel's functions and writes to capfd's fd 1."""
+    code = ("import matplotlib; matplotlib.use('Agg')\n"
+            "from mpqlab.limpq.indicators import synthetic_indicators as s\n"
+            "from mpqlab.limpq.search import uniform_budget\n"
+            "from mpqlab.widgets.search_panel import render_search, search_state\n"
+            "ind = s(12, [2, 3, 4, 5, 6], seed=3)\n"
+            "assert search_state(ind, uniform_budget(ind, 4, 4), None, [2, 3, 4, 5, 6]).result.status == 'Optimal'\n"
+            "state, _, _ = render_search(ind, {}, uniform_budget(ind, 3, 4), 1e9, [2, 3, 4, 5, 6])\n"
+            "assert state is not None\n")
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, timeout=120,
+                   env={**os.environ, "PYTHONPATH": str(repo)})
+    assert capfd.readouterr() == ("", "")
 
 
 def test_render_draws_two_bar_charts_and_reports_equivalent_bits(ind, kinds):
@@ -140,3 +161,35 @@ def test_blitted_png_follows_the_policy(ind, kinds):
     render_search(ind, kinds, uniform_budget(ind, 5, 5), None, OPTIONS, chart=chart)
     assert high.startswith(b"\x89PNG") and low != high
     assert chart.png() == high  # back to the first policy: the old, taller bars leave no trace
+
+
+def test_bad_panel_inputs_become_messages(ind, kinds):
+    budget = uniform_budget(ind, 4, 4)
+    for args, text in [((ind, [1], budget, None, OPTIONS), "kinds must be a dict"),
+                       ((ind, kinds, budget, None, None), "bit_options must be a list"),
+                       ((ind, kinds, budget, None, OPTIONS, 1e308), "overflows"),
+                       (({"layer_names": []}, kinds, budget, None, OPTIONS), "expected an Indicators object")]:
+        state, fig, message = render_search(*args)
+        assert state is None and fig is None and message.startswith("Error: ") and text in message
+
+
+def test_a_kept_chart_of_other_layers_is_a_message_not_an_exception(ind, kinds):
+    """PolicyChart.update's PolicyError was raised outside render_search's try."""
+    other = synthetic_indicators(5, OPTIONS, seed=3)
+    _, fig, _ = render_search(other, {}, uniform_budget(other, 4, 4), None, OPTIONS)
+    chart = PolicyChart(fig, other.layer_names)
+    state, fig, text = render_search(ind, kinds, uniform_budget(ind, 4, 4), None, OPTIONS, chart=chart)
+    assert state is None and "this chart shows the layers" in text
+
+
+def test_summary_without_a_bitops_budget():
+    ind = synthetic_indicators(6, OPTIONS, seed=1)
+    state = search_state(ind, None, None, OPTIONS)
+    assert "(budget none)" in state.summary()
+
+
+def test_panel_shows_bad_kinds_as_a_red_message(ind, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    search_panel(ind, [1])  # the real render_search, through the panel's callback
+    assert any("kinds must be a dict" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

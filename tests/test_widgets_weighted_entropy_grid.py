@@ -146,3 +146,21 @@ def test_panel_builds_and_draws_headless(w):
     before = plt.get_fignums()
     weight_grid_panel({"w": w})  # builds and draws once without raising
     assert plt.get_fignums() == before
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_bit_has_one_magnitude_and_still_draws(method):
+    """One magnitude means no gaps: the log-scaled gap axis used to raise while the figure was drawn."""
+    from mpqlab.plots import figure_png
+
+    w = torch.randn(9, generator=torch.Generator().manual_seed(0))
+    fig, text = render_weight_grid(w, 1, method)
+    assert fig is not None and "finest gap: none (one magnitude)" in text
+    assert figure_png(fig).startswith(b"\x89PNG")
+
+
+def test_panel_shows_bad_data_as_a_red_message(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    weight_grid_panel({"zeros": torch.zeros(10)})  # the real render_weight_grid, through the panel's callback
+    assert any("all zeros" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)

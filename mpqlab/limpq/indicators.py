@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import random
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mpqlab.errors import DataFileError
@@ -58,26 +56,53 @@ class Indicators:
         return sum(self.layer_params.values()) + sum(f.params for f in self.fixed_layers.values())
 
 
+# At most a trillion MACs or weights in one layer: far above any real layer (ResNet-50's largest has
+# about 1.2e8 MACs per image), and small enough that BitOps (x 16 x 16 bits) stay below 2**53, so
+# the solver's floating-point rows hold them exactly. Larger values are typos or units gone wrong.
+MAX_COUNT = 10**12
+
+
 def _fail(where: str, message: str) -> DataFileError:
     return DataFileError(f"{where}: {message}")
 
 
+def _show(value) -> str:
+    """``repr(value)``, kept short: a 400-digit integer is shown as its size, long reprs are cut."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10**30:
+        return f"an integer of about 10**{int(abs(int(value)).bit_length() * math.log10(2))}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _finite(value) -> bool:
+    """A real number (not a bool) that a float holds finitely; huge ints are not (float() would overflow)."""
+    if type(value) is float:  # the common case, without the slow abstract-class checks below
+        return math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _count(value, where: str, what: str) -> int:
-    """A positive integer (JSON ints, or floats like 4096.0)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value != int(value) or value <= 0:
-        raise _fail(where, f"{what} must be a positive integer, got {value!r}")
+    """A positive integer up to MAX_COUNT (JSON ints, or floats like 4096.0)."""
+    whole = isinstance(value, numbers.Integral) or (_finite(value) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or not 0 < int(value) <= MAX_COUNT:
+        raise _fail(where, f"{what} must be a positive integer up to {MAX_COUNT:.0e}, got {_show(value)}")
     return int(value)
 
 
 def _bits(value, where: str, what: str) -> int:
     """A bit-width 1..32 given as an int or a string like "4" (32 = full precision)."""
     try:
-        bits = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+        bits = value if type(value) is int else (  # the common case first: checked on every solve
+            int(value) if isinstance(value, (numbers.Integral, str)) and not isinstance(value, bool) else None)
     except ValueError:
         bits = None
     if bits is None or not 1 <= bits <= 32:
-        raise _fail(where, f"{what} must be a bit-width from 1 to 32, got {value!r}")
+        raise _fail(where, f"{what} must be a bit-width from 1 to 32, got {_show(value)}")
     return bits
 
 
@@ -86,8 +111,9 @@ def _per_layer(raw: dict, key: str, names: list[str], where: str) -> dict:
     table = raw[key]
     if not isinstance(table, dict):
         raise _fail(where, f"{key!r} must be an object {{layer: ...}}, got {type(table).__name__}")
+    known = set(names)
     missing = [n for n in names if n not in table]
-    extra = [n for n in table if n not in names]
+    extra = [n for n in table if n not in known]
     if missing or extra:
         raise _fail(where, f"{key!r} does not match layer_names: missing {missing}, not in layer_names {extra}")
     return table
@@ -98,13 +124,15 @@ def _scores(raw: dict, key: str, names: list[str], where: str) -> dict[str, dict
     out = {}
     for name, row in _per_layer(raw, key, names, where).items():
         if not isinstance(row, dict) or not row:
-            raise _fail(where, f"{key}[{name!r}] must be a non-empty object {{bits: value}}, got {row!r}")
+            raise _fail(where, f"{key}[{name!r}] must be a non-empty object {{bits: value}}, got {_show(row)}")
         out[name] = {}
+        at = f"a bit-width key in {key}[{name!r}]"
         for b, v in row.items():
-            bits = _bits(b, where, f"bit-width key {b!r} in {key}[{name!r}]")
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok:
-                raise _fail(where, f"{key}[{name!r}][{b!r}] must be a finite number, got {v!r}")
+            bits = _bits(b, where, at)
+            if bits in out[name]:
+                raise _fail(where, f"{key}[{name!r}] gives bit-width {bits} twice")
+            if not _finite(v):
+                raise _fail(where, f"{key}[{name!r}][{b!r}] must be a finite number, got {_show(v)}")
             out[name][bits] = float(v)
     return out
 
@@ -118,19 +146,19 @@ def indicators_from_dict(raw: dict, where: str = "indicator data") -> Indicators
         raise _fail(where, f"missing key(s) {missing}; an indicator file needs {list(REQUIRED_KEYS)}")
     names = raw["layer_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise _fail(where, f"'layer_names' must be a non-empty list of layer names, got {names!r}")
+        raise _fail(where, f"'layer_names' must be a non-empty list of layer names, got {_show(names)}")
     if len(set(names)) != len(names):
         raise _fail(where, f"'layer_names' repeats {sorted({n for n in names if names.count(n) > 1})}")
     fixed_raw = raw.get("fixed_layers", {})
     if not isinstance(fixed_raw, dict):
-        raise _fail(where, f"'fixed_layers' must be an object {{layer: {{macs, params, w_bits, a_bits}}}}")
+        raise _fail(where, "'fixed_layers' must be an object {layer: {macs, params, w_bits, a_bits}}")
     fixed = {}
     for name, spec in fixed_raw.items():
         at = f"fixed_layers[{name!r}]"
         if name in names:
             raise _fail(where, f"{name!r} is both in layer_names and in fixed_layers")
         if not isinstance(spec, dict) or any(k not in spec for k in ("macs", "params", "w_bits", "a_bits")):
-            raise _fail(where, f"{at} must have keys macs, params, w_bits, a_bits, got {spec!r}")
+            raise _fail(where, f"{at} must have keys macs, params, w_bits, a_bits, got {_show(spec)}")
         fixed[name] = FixedLayer(_count(spec["macs"], where, f"{at}['macs']"),
                                  _count(spec["params"], where, f"{at}['params']"),
                                  _bits(spec["w_bits"], where, f"{at}['w_bits']"),
@@ -145,6 +173,24 @@ def indicators_from_dict(raw: dict, where: str = "indicator data") -> Indicators
                       for n, v in _per_layer(raw, "layer_params", names, where).items()},
         fixed_layers=fixed,
     )
+
+
+def check_indicators(ind: Indicators, where: str = "indicators") -> Indicators:
+    """A validated copy of in-memory ``ind``: the checks an indicator file gets, on the same code path.
+
+    Finite indicators, positive integer MACs and params (at most MAX_COUNT), bit-widths 1..32, every
+    table over exactly ``layer_names``. ``solve_policy`` calls this first: a NaN indicator would
+    otherwise give ``objective=nan`` or stall the solver. Raises DataFileError naming the bad value.
+    """
+    if not isinstance(ind, Indicators):
+        raise _fail(where, f"expected an Indicators object, got {type(ind).__name__}")
+    names = list(ind.layer_names) if isinstance(ind.layer_names, tuple) else ind.layer_names
+    fixed = ind.fixed_layers
+    if isinstance(fixed, dict):  # FixedLayer -> the file's {macs, params, w_bits, a_bits}
+        fixed = {n: (asdict(f) if isinstance(f, FixedLayer) else f) for n, f in fixed.items()}
+    return indicators_from_dict({"layer_names": names, "weight_indicators": ind.weight_indicators,
+                                 "act_indicators": ind.act_indicators, "layer_macs": ind.layer_macs,
+                                 "layer_params": ind.layer_params, "fixed_layers": fixed}, where)
 
 
 def indicators_to_dict(ind: Indicators) -> dict:
@@ -174,7 +220,8 @@ def load_indicators(path) -> Indicators:
         raise DataFileError(f"cannot read indicator file {path}: {err}") from None
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as err:
+    # ValueError covers JSONDecodeError and ints over Python's 4300-digit limit; RecursionError, nesting.
+    except (ValueError, RecursionError) as err:
         raise DataFileError(f"{path} is not valid JSON: {err}") from None
     return indicators_from_dict(raw, where=str(path))
 
@@ -185,24 +232,17 @@ def save_indicators(path, indicators: Indicators, extra: dict | None = None) -> 
     Written to a temporary file in the same folder, then renamed over ``path``, so a crash never
     leaves half a file behind.
     """
-    data = indicators_to_dict(indicators)
-    indicators_from_dict(data, where="indicators to save")  # refuse to write a file we could not read back
+    # Checked as a file is on load: never write a file we could not read back.
+    data = indicators_to_dict(check_indicators(indicators, where="indicators to save"))
     clash = sorted(set(extra or {}) & set(data))
     if clash:
         raise DataFileError(f"extra keys {clash} would overwrite indicator keys")
     data.update(extra or {})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from mpqlab.checkpoint import atomic_write_bytes  # here: loading indicators must not import torch
+
+    # one atomic writer for every result file (temporary file, fsync, rename; readable by all)
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(data, indent=1, allow_nan=False).encode()))
     return path
 
 

@@ -34,11 +34,13 @@ from dataclasses import asdict, dataclass, field
 import pulp
 
 from mpqlab.errors import BitWidthError, InfeasibleBudgetError, QuantParamError, check_bits, check_positive
-from mpqlab.limpq.indicators import Indicators
+from mpqlab.limpq.indicators import Indicators, check_indicators
 
 
 def check_bit_options(indicators: Indicators, bit_options) -> list[int]:
     """The bit options as distinct ints, highest first; each must have an indicator in every layer."""
+    if isinstance(bit_options, (str, bytes)) or not hasattr(bit_options, "__iter__"):
+        raise BitWidthError(f"bit_options must be a list of bit-widths, e.g. [6, 5, 4, 3, 2], got {bit_options!r}")
     options = sorted({check_bits(b, name="bit option") for b in bit_options}, reverse=True)
     if not options:
         raise BitWidthError("bit_options is empty: give at least one bit-width, e.g. 6 5 4 3 2")
@@ -159,11 +161,36 @@ def _exact_row(coeffs: list[int], rhs: float) -> tuple[list[int], int]:
     return [c // g for c in coeffs], math.floor(rhs) // g
 
 
+class QuietHiGHS(pulp.HiGHS):
+    """PuLP's HiGHS solver, silenced before HiGHS can print its banner.
+
+    highspy 1.16's ``Highs()`` registers a callback while it is built, and HiGHS prints its banner
+    ("Running HiGHS 1.16.0 ...") from C at that moment, on the process's stdout, before PuLP can
+    turn ``msg=False`` into ``output_flag=False``; the banner then broke the JSON that
+    ``python -m mpqlab search`` prints. highspy's core class ``_Highs`` (what ``Highs`` extends,
+    with every method PuLP calls) registers no callback: we build that, set ``output_flag=False``
+    first, then the options PuLP's ``createAndConfigureSolver`` sets. No callbacks, none needed here.
+    """
+
+    def createAndConfigureSolver(self, lp):
+        import highspy
+
+        # A highspy without ``_Highs`` would print the banner again; `make test-latest` catches that drift.
+        core = getattr(highspy, "_Highs", highspy.Highs)
+        lp.solverModel = model = core()
+        model.setOptionValue("output_flag", False)  # first: every later call may log
+        options = {"mip_rel_gap": self.gapRel, "mip_abs_gap": self.gapAbs, "threads": self.threads,
+                   "time_limit": None if self.timeLimit is None else float(self.timeLimit), **self.optionsDict}
+        for key, value in options.items():
+            if value is not None:
+                model.setOptionValue(key, value)
+
+
 def _solver(name: str, mip: bool = True):
     if name == "highs":  # HiGHS through its Python API (highspy): no binary needed, zero gaps = exact
         # Restarts after reduced-cost fixing cost more CPU than they save on these small ILPs
         # (about 1.5x when this was written, HiGHS 1.15). Exactness is unaffected.
-        return pulp.HiGHS(mip=mip, msg=False, gapRel=0.0, gapAbs=0.0, mip_allow_restart=False, threads=1)
+        return QuietHiGHS(mip=mip, msg=False, gapRel=0.0, gapAbs=0.0, mip_allow_restart=False, threads=1)
     if name == "cbc":  # PuLP's bundled CBC with default options, as LIMPQ's script runs it
         return pulp.PULP_CBC_CMD(mip=mip, msg=False)
     raise QuantParamError(f"solver must be 'highs' or 'cbc', got {name!r}")
@@ -286,8 +313,11 @@ def solve_policy(indicators: Indicators, bit_options, bitops_budget: float | Non
     counts the whole model (see ``size_budget``). ``solver="cbc"`` is there for comparison only.
     ``presolve=False`` skips the exact reduction (``reduced_cost_filter``) and hands the solver every
     undominated pair: the same optimum, about 2-3x slower (tests and benchmarks compare the two).
+    ``indicators`` are checked like an indicator file first (``check_indicators``): a NaN would
+    otherwise come back as ``objective=nan``, or stall HiGHS when a budget is set.
     """
-    ind, names = indicators, indicators.layer_names
+    ind = check_indicators(indicators, where="indicators passed to solve_policy")
+    names = ind.layer_names
     options = check_bit_options(ind, bit_options)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha < math.inf:
         raise QuantParamError(f"alpha must be a finite number >= 0, got {alpha!r}")
@@ -298,6 +328,13 @@ def solve_policy(indicators: Indicators, bit_options, bitops_budget: float | Non
     pairs = [(i, bw, ba) for i, n in enumerate(names)
              for bw, ba in undominated_pairs(ind, n, options, alpha, size_budget_bits is not None)]
     cost = [ind.act_indicators[names[i]][ba] + alpha * ind.weight_indicators[names[i]][bw] for i, bw, ba in pairs]
+    # Finite indicators can still overflow once weighted and summed (2 * 1e308). Every shifted cost and
+    # every policy's objective is at most the sum of all |c|: if that is finite, so are they.
+    if not math.isfinite(sum(abs(c) for c in cost)):
+        largest = max(abs(v) for table in (ind.weight_indicators, ind.act_indicators)
+                      for row in table.values() for v in row.values())
+        raise QuantParamError(f"s_a + alpha * s_w overflows a float for alpha={alpha} (largest indicator "
+                              f"{largest:.3g}); rescale the indicators or alpha")
     # Shift each layer's costs to start at 0 and scale all into [0, 1]: the same argmin, but the
     # solver's absolute tolerances (~1e-7) are then far below the gaps between policies.
     low: dict[int, float] = {}

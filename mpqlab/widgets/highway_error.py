@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpqlab.errors import MpqlabError, QuantParamError, check_bits
+from mpqlab.errors import MpqlabError, QuantParamError, TensorValueError, check_bits, check_tensor
 from mpqlab.experiments.precision_highway import skip_bits_of
 from mpqlab.highway import highway_resnet, relative_errors, residual_blocks
 from mpqlab.plots import new_figure
@@ -56,6 +56,21 @@ def skip_bits(skip: str, bits: int) -> int | None:
     return skip_bits_of(SKIPS[skip], bits)
 
 
+def check_images(model: nn.Module, images, name: str = "images") -> torch.Tensor:
+    """``images`` as the model's first conv takes them: a float (N, C, H, W) batch with C = its in_channels.
+
+    Checked here, so a wrong batch is a TensorValueError naming the shapes, not torch's conv2d error.
+    """
+    check_tensor(images, name=name)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = None if first is None else first.in_channels
+    if images.dim() != 4 or not images.is_floating_point() or (channels and images.shape[1] != channels):
+        want = f"(N, {channels}, H, W)" if channels else "(N, C, H, W)"
+        raise TensorValueError(f"{name} must be a floating-point batch {want} for {type(model).__name__}, "
+                               f"got {str(images.dtype).removeprefix('torch.')} of shape {tuple(images.shape)}")
+    return images
+
+
 def highway_error(model: nn.Module, calib_images: torch.Tensor, probe: torch.Tensor, bits: int, skip: str,
                   device: str = "cpu") -> HighwayErrorResult:
     """e_l after every residual block of ``model`` (float ResNet) quantized at ``bits`` with the ``skip`` choice.
@@ -65,6 +80,8 @@ def highway_error(model: nn.Module, calib_images: torch.Tensor, probe: torch.Ten
     """
     bits = check_bits(bits, low=MIN_BITS, high=MAX_BITS)
     skip_b = skip_bits(skip, bits)
+    check_images(model, calib_images, "calib_images")
+    check_images(model, probe, "probe")
     start = time.perf_counter()
     qmodel = calibrate(highway_resnet(model, bits, skip_b), calib_images, device=device)
     errors = relative_errors(model, qmodel, probe, device)
@@ -108,12 +125,12 @@ def render_highway_error(model: nn.Module, calib_images: torch.Tensor, probe: to
                 result = highway_error(model, calib_images, probe, bits, s, device)
                 cache[(bits, s)] = result
                 new.append(result)
+        results = [cache[(bits, s)] for s in order]
+        timing = (f"computed {len(new)} new configuration(s) in {sum(r.seconds for r in new):.1f} s" if new
+                  else "all from the cache")
+        return plot_highway_error(results[0], tuple(results[1:])), f"{results[0].summary()}\n{timing}"
     except MpqlabError as err:
         return None, f"Error: {err}"
-    results = [cache[(bits, s)] for s in order]
-    timing = (f"computed {len(new)} new configuration(s) in {sum(r.seconds for r in new):.1f} s" if new
-              else "all from the cache")
-    return plot_highway_error(results[0], tuple(results[1:])), f"{results[0].summary()}\n{timing}"
 
 
 def highway_error_panel(model: nn.Module, calib_images: torch.Tensor, probe: torch.Tensor, bits: int = 3,

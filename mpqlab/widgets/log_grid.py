@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mpqlab.errors import MpqlabError, check_tensor
+from mpqlab.errors import MpqlabError, TensorValueError, check_tensor
 from mpqlab.quant.log import fsr_from_data, log_levels, log_quantize, magnitude_bits, steps_per_octave
 from mpqlab.quant.uniform import fake_quantize, qparams_from_range, quant_range
 from mpqlab.plots import new_figure
@@ -81,6 +81,10 @@ def log_grid(w: torch.Tensor, bits: int, fsr: int, base: str = "2", signed: bool
     w_hat = log_quantize(w, bits, fsr, signed, base)  # validates bits, fsr and base
     s, m = steps_per_octave(base), magnitude_bits(bits, signed)
     mag = w.abs() if signed else w.clamp(min=0)
+    if not bool((mag > 0).any()):  # nothing to place on the grid, and no log2|w| histogram to draw
+        kind = "nonzero" if signed else "positive"
+        raise TensorValueError(f"w has no {kind} values: a log grid places magnitudes > 0 "
+                               f"(log2 0 = -inf), so there is nothing to show; choose another tensor")
     k = torch.round(s * torch.log2(mag[mag > 0]))  # exponents before clipping
     n = w.numel()
     return LogGridResult(
@@ -128,14 +132,15 @@ def render_log_grid(w: torch.Tensor, bits: int, fsr: int, base: str = "2", title
     """(figure, summary line), or (None, "Error: ...") when the controls are invalid: what the panel shows."""
     try:
         result = log_grid(w, bits, fsr, base)
+        return plot_log_grid(result, w, title), result.summary()
     except MpqlabError as err:
         return None, f"Error: {err}"
-    return plot_log_grid(result, w, title), result.summary()
 
 
 def fsr_slider_range(w: torch.Tensor, base: str) -> tuple[int, int, int]:
     """(min, max, value) for the fsr slider: from 8 octaves below to 2 octaves above the data-driven fsr."""
-    s, fsr = steps_per_octave(base), fsr_from_data(w, base)
+    check_tensor(w, name="w")
+    s, fsr = steps_per_octave(base), fsr_from_data(w.detach().double(), base)  # int and bool tensors too
     return fsr - 8 * s, fsr + 2 * s, fsr
 
 

@@ -69,6 +69,10 @@ def lsq_transfer(bits: int, step: float, signed: bool = True, n_points: int = 80
     if span is None:
         span = 1.25 * step * max(q_max, -q_min)
     span = check_positive(span, name="span")
+    tiny, huge = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
+    if step < tiny or span > huge:  # the line of inputs and v / s are float32
+        raise QuantParamError(f"step {step:g} with span {span:g} is outside float32: the step must be at least "
+                              f"{tiny:.3g} and the inputs at most {huge:.3g}")
     v = torch.linspace(-span, span, n_points)  # (n,)
     s = torch.full_like(v, step, requires_grad=True)  # one copy of s per input: autograd keeps them apart
     v_hat = lsq_quantize_autograd(v, s, q_min, q_max)
@@ -104,9 +108,9 @@ def render_lsq_transfer(bits: int, step: float, signed: bool = True):
     """(figure, summary line), or (None, "Error: ...") for invalid controls: what the panel shows."""
     try:
         result = lsq_transfer(bits, step, signed)
+        return plot_lsq_transfer(result), result.summary()
     except MpqlabError as err:
         return None, f"Error: {err}"
-    return plot_lsq_transfer(result), result.summary()
 
 
 def lsq_transfer_panel(bits: int = 4, step: float = 0.1, signed: bool = True):

@@ -68,7 +68,9 @@ def outlier_grid(x: torch.Tensor, bits: int, ratio: float, signed: bool | None =
     return OutlierGridResult(
         bits=bits, ratio=float(ratio), signed=signed, threshold=result.threshold, scale=result.scale,
         levels=codes * result.scale, x_hat=result.x_hat, linear_hat=linear.x_hat, n_outliers=result.n_outliers,
-        mse=float((result.x_hat - x).pow(2).mean()), linear_mse=float((linear.x_hat - x).pow(2).mean()),
+        # float64: a squared error of values near 1e20 or above overflows float32 to inf
+        mse=float((result.x_hat.double() - x.double()).pow(2).mean()),
+        linear_mse=float((linear.x_hat.double() - x.double()).pow(2).mean()),
     )
 
 
@@ -77,7 +79,8 @@ def plot_outlier_grid(result: OutlierGridResult, x: torch.Tensor, title: str = "
     Right: the error x_hat - x against x, for the linear grid and the outlier-aware one."""
     x = x.detach().flatten().float()
     fig, (ax_hist, ax_err) = new_figure(1, 2, figsize=(13, 3.4))
-    ax_hist.hist(x.numpy(), bins=200, color="0.7", log=True)
+    # float64 bins: 200 bins over subnormal values, or over +-3e38, do not exist in float32
+    ax_hist.hist(x.double().numpy(), bins=200, color="0.7", log=True)
     for v in result.levels.tolist():
         ax_hist.axvline(v, color="C3", lw=0.7, alpha=0.8)
     t, top = result.threshold, float(x.abs().max())
@@ -108,9 +111,9 @@ def render_outlier_grid(x: torch.Tensor, bits: int, ratio: float, title: str = "
     """(figure, summary line), or (None, "Error: ...") when the controls are invalid: what the panel shows."""
     try:
         result = outlier_grid(x, bits, ratio)
+        return plot_outlier_grid(result, x, title), result.summary()
     except MpqlabError as err:
         return None, f"Error: {err}"
-    return plot_outlier_grid(result, x, title), result.summary()
 
 
 def outlier_panel(tensors: dict, bits: int = 3, percent: float = 2.0):

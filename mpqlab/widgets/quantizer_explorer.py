@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mpqlab.errors import MpqlabError, QuantParamError, check_tensor
+from mpqlab.errors import MpqlabError, QuantParamError, TensorValueError, check_tensor
 from mpqlab.quant.kl import KLObserver
 from mpqlab.quant.observers import MinMaxObserver, MSEObserver, PercentileObserver, channel_rows
 from mpqlab.quant.uniform import fake_quantize, quantize
@@ -100,6 +100,9 @@ def explore_quantizer(x: torch.Tensor, bits: int, symmetric: bool = True, per_ch
     q = quantize(x, scale, zero_point, q_min, q_max, axis)  # int32 codes
     x_hat = fake_quantize(x, scale, zero_point, q_min, q_max, axis)
     low, high = scale * (q_min - zero_point), scale * (q_max - zero_point)  # each grid's ends
+    if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise TensorValueError(f"x reaches {float(x.abs().max()):.3g}: the {observer.bits}-bit grid's ends overflow "
+                               f"float32 (largest {torch.finfo(torch.float32).max:.3g}); scale x down first")
     if axis is not None:
         shape = [1] * x.dim()
         shape[axis] = -1
@@ -108,13 +111,14 @@ def explore_quantizer(x: torch.Tensor, bits: int, symmetric: bool = True, per_ch
         low_b, high_b = low, high
     half = scale.reshape(low_b.shape) / 2  # rounding still maps values within half a step onto the end levels
     clipped = (x < low_b - half) | (x > high_b + half)
-    rows, rows_hat = channel_rows(x, ch_axis), channel_rows(x_hat, ch_axis)  # (C, N)
+    rows, rows_hat = channel_rows(x, ch_axis).double(), channel_rows(x_hat, ch_axis).double()  # (C, N)
     power = rows.pow(2).mean(dim=1)
     per_channel_error = (rows_hat - rows).pow(2).mean(dim=1) / power.clamp(min=torch.finfo(power.dtype).tiny)
     return ExplorerResult(
         bits=observer.bits, symmetric=symmetric, per_channel=per_channel, method=method,
         scale=scale, zero_point=zero_point, q_min=q_min, q_max=q_max, x_hat=x_hat,
-        mse=float((x_hat - x).pow(2).mean()), channel_error=float(per_channel_error.mean()),
+        mse=float((x_hat.double() - x.double()).pow(2).mean()),  # float64: squares of large values overflow float32
+        channel_error=float(per_channel_error.mean()),
         levels_used=int(torch.unique(q).numel()),
         clip_low=float(low.min()), clip_high=float(high.max()),
         clipped_fraction=float(clipped.float().mean()),
@@ -128,9 +132,10 @@ def plot_quantizer(result: ExplorerResult, x: torch.Tensor, title: str = "", max
     x_hat = result.x_hat.flatten()
     fig, (ax_h, ax_e) = new_figure(1, 2, figsize=(13, 3.4))
     lo, hi = float(x.min()), float(x.max())
-    bins = torch.linspace(min(lo, result.clip_low), max(hi, result.clip_high), 201).numpy()
-    ax_h.hist(x.numpy(), bins=bins, color="0.7", log=True, label="x")
-    ax_h.hist(x_hat.numpy(), bins=bins, histtype="step", color="C3", log=True, label=r"$\hat{x}$")
+    # float64 bins: 200 bins over subnormal values, or over +-3e38, do not exist in float32
+    bins = torch.linspace(min(lo, result.clip_low), max(hi, result.clip_high), 201, dtype=torch.float64).numpy()
+    ax_h.hist(x.double().numpy(), bins=bins, color="0.7", log=True, label="x")
+    ax_h.hist(x_hat.double().numpy(), bins=bins, histtype="step", color="C3", log=True, label=r"$\hat{x}$")
     if not result.per_channel and result.levels <= 64:  # beyond 64 lines the grid is a grey wash
         for v in result.grid().tolist():
             ax_h.axvline(v, color="C0", lw=0.5, alpha=0.5)
@@ -159,9 +164,9 @@ def render_quantizer(x: torch.Tensor, bits: int, symmetric: bool, per_channel: b
     """(figure, summary line), or (None, "Error: ...") when the controls are invalid: what the panel shows."""
     try:
         result = explore_quantizer(x, bits, symmetric, per_channel, method, ch_axis)
+        return plot_quantizer(result, x, title), result.summary()
     except MpqlabError as err:
         return None, f"Error: {err}"
-    return plot_quantizer(result, x, title), result.summary()
 
 
 def quantizer_explorer_panel(tensors: dict, bits: int = 4, method: str = "minmax"):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from matplotlib.patches import Rectangle
 
-from mpqlab.errors import MpqlabError, PolicyError
-from mpqlab.limpq.indicators import Indicators
+from mpqlab.errors import MpqlabError, PolicyError, QuantParamError
+from mpqlab.limpq.indicators import Indicators, check_indicators
 from mpqlab.limpq.search import SearchResult, min_bitops, min_size_bits, solve_policy, uniform_budget
 from mpqlab.plots import KIND_COLORS, new_figure, show_figure
 from mpqlab.widgets.output import show_error, show_result
@@ -43,7 +43,7 @@ class SearchState:
     """One solve of the panel: the result and the summary lines it prints."""
 
     result: SearchResult
-    bitops_budget: float
+    bitops_budget: float | None  # None: no BitOps budget
     bit_options: list[int]
 
     @property
@@ -54,13 +54,14 @@ class SearchState:
     def summary(self, unit: float = 1e6, unit_name: str = "M") -> str:
         r = self.result
         n = len(r.layer_names)
-        return (f"BitOps: {r.bitops / unit:.2f} {unit_name} (budget {self.bitops_budget / unit:.2f} {unit_name}), "
+        budget = "none" if self.bitops_budget is None else f"{self.bitops_budget / unit:.2f} {unit_name}"
+        return (f"BitOps: {r.bitops / unit:.2f} {unit_name} (budget {budget}), "
                 f"avg w_bits: {sum(r.weight_bits) / n:.2f}, avg a_bits: {sum(r.act_bits) / n:.2f}, "
                 f"size: {r.size_bits / 8 / 1e6:.3f} MB, objective: {r.objective:.4f}\n"
                 f"bit-widths in policy: {self.bits_used}")
 
 
-def search_state(indicators: Indicators, bitops_budget: float, size_budget_bits: float | None,
+def search_state(indicators: Indicators, bitops_budget: float | None, size_budget_bits: float | None,
                  bit_options, alpha: float = 2.0) -> SearchState:
     """Solve the ILP for the panel's settings; raises BitWidthError / InfeasibleBudgetError / QuantParamError."""
     result = solve_policy(indicators, bit_options, bitops_budget, size_budget_bits, alpha)
@@ -68,7 +69,11 @@ def search_state(indicators: Indicators, bitops_budget: float, size_budget_bits:
 
 
 def plot_policy(result: SearchResult, kinds: dict[str, str], title: str = ""):
-    """Two bar charts over the searchable layers: w_bits and a_bits, coloured by layer kind."""
+    """Two bar charts over the searchable layers: w_bits and a_bits, coloured by layer kind (None: all "conv")."""
+    kinds = {} if kinds is None else kinds
+    if not isinstance(kinds, dict):
+        raise QuantParamError(f"kinds must be a dict {{layer: kind}} (kinds: {list(KIND_COLORS)}), "
+                              f"got {type(kinds).__name__}")
     fig, axes = new_figure(1, 2, figsize=(13, 2.8), sharey=True)
     colors = [KIND_COLORS.get(kinds.get(n, "conv"), "0.5") for n in result.layer_names]
     labels = [n.replace(".conv", "") for n in result.layer_names]
@@ -143,15 +148,16 @@ def render_search(indicators: Indicators, kinds: dict[str, str], bitops_budget: 
     With ``chart``, the policy is drawn into that kept figure instead of a new one."""
     try:
         state = search_state(indicators, bitops_budget, size_budget_bits, bit_options, alpha)
+        bits = equivalent_bits(indicators, state.result.bitops)
+        fig = plot_policy(state.result, kinds) if chart is None else chart.update(state.result)  # may be PolicyError
+        return state, fig, f"{state.summary()}\nequivalent uniform bit-width: {bits:.2f}"
     except MpqlabError as err:
         return None, None, f"Error: {err}"
-    bits = equivalent_bits(indicators, state.result.bitops)
-    fig = plot_policy(state.result, kinds) if chart is None else chart.update(state.result)
-    return state, fig, f"{state.summary()}\nequivalent uniform bit-width: {bits:.2f}"
 
 
 def slider_ranges(indicators: Indicators, bit_options=(2, 3, 4, 5, 6)) -> dict:
     """(min, max) of the BitOps slider in M and of the size slider in MB, for the full set of options."""
+    indicators = check_indicators(indicators, where="indicators of the search panel")
     options = sorted(bit_options)
     top = uniform_budget(indicators, options[-1], options[-1])
     full_size = (indicators.total_params() * options[-1]

@@ -150,10 +150,13 @@ def plot_weight_grid(result: WeightGridResult, w: torch.Tensor, others: tuple[We
     mags = w.abs().sort().values  # (n,)
     for q, ls, label in ((0.5, "--", "median |w|"), (0.99, ":", "99th percentile of |w|")):
         ax_gap.axvline(float(mags[int(q * (len(mags) - 1))]), color="0.3", ls=ls, lw=1, label=label)
-    ax_gap.set_yscale("log")
-    ax_gap.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))  # ticks at 1, 2, 5 per decade
-    ax_gap.yaxis.set_major_formatter(PLAIN)  # plain numbers: mathtext labels are slow and hard to read
-    ax_gap.yaxis.set_minor_formatter(PLAIN)
+    if gaps.numel():
+        ax_gap.set_yscale("log")
+        ax_gap.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))  # ticks at 1, 2, 5 per decade
+        ax_gap.yaxis.set_major_formatter(PLAIN)  # plain numbers: mathtext labels are slow and hard to read
+        ax_gap.yaxis.set_minor_formatter(PLAIN)
+    else:  # 1 bit: one magnitude, so no gap to plot (and a log axis over no data cannot be drawn)
+        ax_gap.text(0.5, 0.5, "one magnitude: no gaps", transform=ax_gap.transAxes, ha="center", color="0.4")
     ax_gap.set_xlim(0, result.max_abs * 1.02)
     ax_gap.set_xlabel("|w| (midpoint of two neighbouring levels)")
     ax_gap.set_ylabel("gap between levels")
@@ -171,9 +174,9 @@ def render_weight_grid(w: torch.Tensor, bits: int, method: str, title: str = "")
     try:
         result = weight_grid(w, bits, method)
         others = tuple(weight_grid(w, bits, m) for m in METHODS if m != method)
+        return plot_weight_grid(result, w, others, title), result.summary()
     except MpqlabError as err:
         return None, f"Error: {err}"
-    return plot_weight_grid(result, w, others, title), result.summary()
 
 
 def weight_grid_panel(tensors: dict, bits: int = 3, method: str = "weighted entropy"):
