@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mpqlab.errors import GraphError
+
 FULL_PRECISION = 32
 
 
@@ -75,7 +77,7 @@ def layer_table(model: nn.Module, input_size=(1, 3, 224, 224), device: str = "cp
             h.remove()
         model.train(was_training)
     if not rows:
-        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to count")
+        raise GraphError(f"{type(model).__name__} has no Conv2d or Linear layer to count")
     return pd.DataFrame(rows).set_index("name")
 
 

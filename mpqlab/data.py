@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mpqlab.errors import DataFileError
+from mpqlab.errors import DataFileError, UsageError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -120,7 +120,7 @@ def fashion_mnist_splits(root=None, val_size: int = 5000, seed: int = 0, pad_to_
     Results are cached per arguments, so notebooks can call this freely.
     """
     if not 0 <= int(val_size) < 60000:
-        raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
+        raise UsageError(f"val_size must be in [0, 60000), got {val_size}")
     folder = data_root(root)
     key = (str(folder.resolve()), int(val_size), int(seed), bool(pad_to_32))
     if key in _CACHE:
@@ -155,7 +155,7 @@ def calibration_batch(splits: Splits, n: int = 512, seed: int = 0) -> tuple[torc
     """``n`` training images and labels picked by a seeded permutation, for calibrating quantizers."""
     x, y = splits.train.tensors
     if not 0 < n <= len(x):
-        raise ValueError(f"n must be in 1..{len(x)}, got {n}")
+        raise UsageError(f"n must be in 1..{len(x)}, got {n}")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     return x[idx], y[idx]
 

@@ -42,6 +42,22 @@ class CheckpointError(MpqlabError, RuntimeError):
     """A checkpoint that is missing, corrupt or does not fit the model."""
 
 
+class ModelSpecError(MpqlabError, ValueError):
+    """A model name, ``--model`` spec or architecture setting that names no model mpqlab can build."""
+
+
+class GraphError(MpqlabError, ValueError):
+    """A model whose forward cannot be traced, or that has no conv/linear layer to quantize or count."""
+
+
+class DeviceError(MpqlabError, ValueError):
+    """A device that is not there."""
+
+
+class UsageError(MpqlabError, ValueError):
+    """A command-line option or function argument out of its allowed range."""
+
+
 MIN_BITS = 1
 MAX_BITS = 16
 

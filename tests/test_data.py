@@ -86,7 +86,7 @@ def test_damaged_files_name_the_file_and_the_fix(tmp_path):
     }
     for case, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(DataFileError, match=rf"t10k-labels-idx1-ubyte\.gz.*apt-get install dataset-fashion-mnist"):
+        with pytest.raises(DataFileError, match=r"t10k-labels-idx1-ubyte\.gz.*apt-get install dataset-fashion-mnist"):
             read_idx(tmp_path / name, 10)
 
 

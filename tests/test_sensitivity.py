@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from mpqlab.errors import BitWidthError, PolicyError, QuantParamError, TensorValueError
 from mpqlab.limpq.sensitivity import (

@@ -113,7 +113,6 @@ def test_pareto_plot_groups_by_method():
 
 
 def test_panel_wires_every_control_and_shows_errors_in_red(ind, kinds, monkeypatch):
-    import ipywidgets as widgets
 
     shown, calls = [], []
     monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))

@@ -14,7 +14,11 @@ bit-widths. After training, the step sizes *are* the indicators: a larger step a
 squeezes more distinct values into one level at that bit-width, so it matters more (Sec. 3.3).
 ``bn_per_bits=True`` gives each searchable layer one BatchNorm per weight bit-width (the paper's
 option): the statistics of a 2-bit conv's outputs differ from those of a 6-bit one.
-Notebook 10 runs this; ``python -m mpqlab.experiments.limpq_indicators`` ships its result.
+Which layers are searchable, which are fixed (those reading the image or producing the output) and which
+BatchNorm follows each conv are read from the model's traced graph (``mpqlab.graph``), so any
+torchvision-style classifier works. Notebook 10 runs this; ``python -m mpqlab.experiments.limpq_indicators``
+ships its result, and ``python -m mpqlab indicators`` (``mpqlab.pipeline``) runs it on any model and image
+folder, also under torchrun.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from tqdm.auto import tqdm
 
 from mpqlab.cost import layer_table
 from mpqlab.errors import PolicyError, check_bits
+from mpqlab.graph import layer_graph
 from mpqlab.limpq.indicators import FixedLayer, Indicators
 from mpqlab.quant.lsq import LSQQuantizer
-from mpqlab.quant.policy import quantizable_layers, quantize_model
+from mpqlab.quant.policy import quantize_model
 
 
 @dataclass
@@ -52,23 +57,33 @@ class JointConfig:
 class SwitchableBatchNorm2d(nn.Module):
     """One ``BatchNorm2d`` per bit-width (copies of a trained one); ``bits`` picks the active one."""
 
-    def __init__(self, bn: nn.BatchNorm2d, bit_options):
+    def __init__(self, bn: nn.BatchNorm2d, bit_options, follows: str = ""):
         super().__init__()
         self.norms = nn.ModuleDict({str(b): copy.deepcopy(bn) for b in bit_options})
         self.bits = max(bit_options)
+        self.follows = follows  # the conv whose weight bit-width picks the active BatchNorm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W)
         return self.norms[str(self.bits)](x)
 
 
 def searchable_layers(model: nn.Module) -> tuple[list[str], list[str]]:
-    """(searchable, fixed) layer names: every conv/linear but the first and the last is searchable."""
-    names = quantizable_layers(model)
-    return names[1:-1], [names[0], names[-1]]
+    """(searchable, fixed) layer names, found from the traced graph (``mpqlab.graph.layer_graph``).
+
+    Fixed are the layers that read the image and those that produce the output (the first conv and
+    the classifier of a plain classifier); every other conv/linear is searchable. Both lists follow
+    the order in which the layers run.
+    """
+    graph = layer_graph(model)
+    return graph.searchable, graph.fixed
 
 
 def bn_name(conv_name: str) -> str:
-    """The BatchNorm after a conv, by the workbook's naming: ``dw3.conv -> dw3.bn``, ``layer1.0.conv2 -> layer1.0.bn2``."""
+    """The workbook's naming convention, ``dw3.conv -> dw3.bn``, ``layer1.0.conv2 -> layer1.0.bn2``.
+
+    Only a reading aid: ``joint_model`` finds the BatchNorm after each conv from the graph
+    (``layer_graph(model).bn_after``), which also covers ``downsample.0 -> downsample.1``.
+    """
     head, _, last = conv_name.rpartition(".")
     return f"{head}.{last.replace('conv', 'bn')}" if head else last.replace("conv", "bn")
 
@@ -81,45 +96,63 @@ def joint_model(fp_model: nn.Module, bit_options=(2, 3, 4, 5, 6), fixed_bits: in
     signed, so its activation quantizer is signed; the classifier's input (after ReLU and pooling) is not.
     """
     options = sorted({check_bits(b, name="bit option", low=2) for b in bit_options})
-    searchable, (first, last) = searchable_layers(fp_model)
+    graph = layer_graph(fp_model)
+    searchable = graph.searchable
 
     def weights(bits, name, layer):
         return LSQQuantizer(bits, "weight", bit_options=options if name in searchable else None)
 
     def acts(bits, name, layer):
-        return LSQQuantizer(bits, "act", signed=name == first, bit_options=options if name in searchable else None)
+        return LSQQuantizer(bits, "act", signed=name in graph.first,
+                            bit_options=options if name in searchable else None)
 
     policy = {name: (max(options), max(options)) for name in searchable}
-    policy |= {first: (fixed_bits, fixed_bits), last: (fixed_bits, fixed_bits)}
+    policy |= {name: (fixed_bits, fixed_bits) for name in graph.fixed}
     model = quantize_model(fp_model, policy, weight_quantizer=weights, act_quantizer=acts)
     if bn_per_bits:
+        missing = [name for name in searchable if name not in graph.bn_after]
+        if missing:
+            raise PolicyError(f"no BatchNorm2d directly after {missing[:5]} in the graph; bn_per_bits needs one "
+                              "after every searchable layer")
         for name in searchable:
-            parent, _, child = bn_name(name).rpartition(".")
+            parent, _, child = graph.bn_after[name].rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            bn = getattr(owner, child, None)
-            if not isinstance(bn, nn.BatchNorm2d):
-                raise PolicyError(f"no BatchNorm2d named {bn_name(name)!r} after {name!r}; bn_per_bits needs one")
-            setattr(owner, child, SwitchableBatchNorm2d(bn, options))
+            setattr(owner, child, SwitchableBatchNorm2d(getattr(owner, child), options, follows=name))
     return model
 
 
 def set_bits(model: nn.Module, w_bits: dict[str, int], a_bits: dict[str, int]) -> None:
-    """Switch layers to the given bit-widths (and their switchable BatchNorm to ``w_bits``)."""
+    """Switch layers to the given bit-widths (and their switchable BatchNorm to ``w_bits``).
+
+    ``model`` may be wrapped in ``DistributedDataParallel``; the layers are those of the inner model.
+    """
+    model = unwrap(model)
     modules = dict(model.named_modules())
     for name, bits in w_bits.items():
         modules[name].w_quantizer.bits = bits
-        bn = modules.get(bn_name(name))
-        if isinstance(bn, SwitchableBatchNorm2d):
-            bn.bits = bits
+    for bn in modules.values():
+        if isinstance(bn, SwitchableBatchNorm2d) and bn.follows in w_bits:
+            bn.bits = w_bits[bn.follows]
     for name, bits in a_bits.items():
         modules[name].a_quantizer.bits = bits
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def joint_step(model, layers: list[str], bit_options, images, labels, optimizer, rng: random.Random,
-               criterion=None) -> list[float]:
+               criterion=None, autocast: bool = False, step_floors: dict | None = None) -> list[float]:
     """One LIMPQ step: n uniform passes plus one random pass, gradients summed, one optimizer step.
 
     Returns the n + 1 losses (uniform passes in ``bit_options`` order, then the random one).
+    ``model`` may be a ``DistributedDataParallel``: every backward then averages the gradients over the
+    processes (find_unused_parameters, since each pass uses one step size per layer), and ``rng`` must
+    be seeded alike everywhere so that every process draws the same random pass.
+    ``autocast=True`` runs the forward passes under ``torch.autocast`` (on GPUs, bfloat16).
+    ``step_floors`` (``{parameter name: floor}``, see ``step_floors``) projects the step sizes back onto
+    ``s >= floor`` after the optimizer step; None leaves them as Adam put them.
     """
     criterion = criterion or nn.CrossEntropyLoss()
     optimizer.zero_grad(set_to_none=True)
@@ -128,11 +161,33 @@ def joint_step(model, layers: list[str], bit_options, images, labels, optimizer,
     settings.append(({n: rng.choice(bit_options) for n in layers}, {n: rng.choice(bit_options) for n in layers}))
     for w_bits, a_bits in settings:
         set_bits(model, w_bits, a_bits)
-        loss = criterion(model(images), labels)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = criterion(model(images), labels)
         loss.backward()  # .grad accumulates over the passes
         losses.append(loss.item())
     optimizer.step()
+    if step_floors:
+        clamp_steps(unwrap(model), step_floors)
     return losses
+
+
+def step_floors(model: nn.Module, fraction: float) -> dict[str, float]:
+    """``{name: fraction * s}`` for every LSQ step size of ``model`` (call it after ``init_steps``).
+
+    Adam moves a parameter by about its learning rate per step whatever its size, so a step size of
+    1e-3 (6-bit weights of a wide layer) can cross zero within a few steps at ``step_lr = 1e-3``. Keeping
+    every step above a fraction of where it started (projected gradient descent onto ``s >= floor``)
+    lets training go on; a step sitting on its floor reads as "this layer hardly needs that bit-width".
+    """
+    return {n: fraction * float(p.detach()) for n, p in model.named_parameters() if ".steps." in n}
+
+
+@torch.no_grad()
+def clamp_steps(model: nn.Module, floors: dict[str, float]) -> None:
+    """``s <- max(s, floor)`` for the step sizes named in ``floors``."""
+    params = dict(model.named_parameters())
+    for name, floor in floors.items():
+        params[name].clamp_(min=floor)
 
 
 def make_optimizer(model: nn.Module, config: JointConfig) -> torch.optim.Optimizer:
@@ -144,6 +199,11 @@ def make_optimizer(model: nn.Module, config: JointConfig) -> torch.optim.Optimiz
     steps = [p for n, p in model.named_parameters() if ".steps." in n]
     others = [p for n, p in model.named_parameters() if ".steps." not in n]
     return torch.optim.Adam([{"params": others, "lr": config.lr}, {"params": steps, "lr": config.step_lr}])
+
+
+def cosine_to_zero(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Each group's learning rate times ``(1 + cos(pi t / steps)) / 2`` at step t: from lr down to 0."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
 
 
 def init_steps(model: nn.Module, layers: list[str], bit_options, images: torch.Tensor) -> None:
@@ -167,7 +227,7 @@ def train_joint(fp_model: nn.Module, loader, config: JointConfig, device: str = 
     batches = iter(loader)
     init_steps(model, layers, options, next(batches)[0].to(device))
     optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / config.steps)))
+    scheduler = cosine_to_zero(optimizer, config.steps)
     model.train()
     rows, start = [], time.perf_counter()
     for step in tqdm(range(config.steps), desc="joint training"):
@@ -212,15 +272,15 @@ def indicators_from_model(model: nn.Module, fp_model: nn.Module, input_size=(1, 
 def lsq_policy_model(fp_model: nn.Module, policy: dict) -> nn.Module:
     """A copy of ``fp_model`` with plain (one-step) LSQ quantizers at ``policy``'s bit-widths.
 
-    Used to fine-tune a searched policy; the first layer's activation quantizer is signed, as above.
+    Used to fine-tune a searched policy; the first layers' activation quantizers are signed, as above.
     """
-    first = quantizable_layers(fp_model)[0]
+    first = layer_graph(fp_model).first
 
     def weights(bits, name, layer):
         return LSQQuantizer(bits, "weight")
 
     def acts(bits, name, layer):
-        return LSQQuantizer(bits, "act", signed=name == first)
+        return LSQQuantizer(bits, "act", signed=name in first)
 
     return quantize_model(fp_model, policy, weight_quantizer=weights, act_quantizer=acts)
 

@@ -4,6 +4,7 @@ and a small MobileNetV3-style network (notebook 07)."""
 from mpqlab.models.mobilenet import MobileNetV1, mobilenet_v1, mobilenet_v1_small
 from mpqlab.models.mobilenet_v3 import MobileNetV3Small, mobilenet_v3_small_fmnist
 from mpqlab.models.resnet import ResNet20, resnet20
+from mpqlab.errors import ModelSpecError
 
 __all__ = ["MobileNetV1", "mobilenet_v1", "mobilenet_v1_small", "ResNet20", "resnet20",
            "MobileNetV3Small", "mobilenet_v3_small_fmnist", "build_model"]
@@ -15,5 +16,5 @@ BUILDERS = {"mobilenet_v1_small": mobilenet_v1_small, "resnet20": resnet20,
 def build_model(name: str):
     """Build a shipped architecture by its checkpoint name ('mobilenet_v1_small', 'resnet20' or 'mobilenet_v3_small')."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
+        raise ModelSpecError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
     return BUILDERS[name]()

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from mpqlab.errors import ModelSpecError
+
 # (output channels at width 1.0, stride) of the 13 depthwise-separable pairs, from Table 1.
 # The stride belongs to the depthwise conv; the pointwise conv is always stride 1.
 PAIRS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -44,7 +46,7 @@ class MobileNetV1(nn.Module):
                  small_input: bool = False):
         super().__init__()
         if not 0 < width <= 4:
-            raise ValueError(f"width must be in (0, 4], got {width}")
+            raise ModelSpecError(f"width must be in (0, 4], got {width}")
 
         def ch(c):  # the width multiplier thins every layer uniformly
             return max(8, int(c * width))

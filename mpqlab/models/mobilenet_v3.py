@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from mpqlab.errors import ModelSpecError
+
 # (expanded channels, output channels, kernel, stride, activation) of each inverted residual block,
 # a scaled-down version of the paper's MobileNetV3-Small table for 16x16 maps after the stem.
 BLOCKS = [
@@ -43,7 +45,7 @@ def activation(kind: str | None) -> nn.Module:
         return nn.Hardswish()
     if kind is None:
         return nn.Identity()
-    raise ValueError(f"activation must be 'relu', 'hswish' or None, got {kind!r}")
+    raise ModelSpecError(f"activation must be 'relu', 'hswish' or None, got {kind!r}")
 
 
 class ConvBNAct(nn.Module):
