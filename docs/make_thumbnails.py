@@ -39,6 +39,7 @@ KEY_FIGURES = {
     "08_binarization": "MobileNetV1-small, binarized",        # binary fine-tune curves
     "09_dw_pw_sensitivity": '("w_step", "weight step',        # degradation against learned step size
     "10_limpq_search": "pareto_plot(points",                  # accuracy vs BitOps per search criterion
+    "11_policy_to_bytes": "columns = [\"fake-quant checkpoint",  # stored bytes vs the cost model, three policies
 }
 
 

@@ -104,7 +104,7 @@ def test_is_stored_executed(path):
     cells = [c for c in read(path).cells if c.cell_type == "code" and c.source.strip()]
     not_run = [i for i, c in enumerate(cells) if c.get("execution_count") is None]
     assert not not_run, (f"{path.name}: {len(not_run)} of {len(cells)} code cells have never been executed "
-                         f"(code cells {not_run[:5]}...); rebuild it with its nbsrc script and --run")
+                         f"(code cells {not_run[:5]}...); re-execute it: jupyter nbconvert --to notebook --execute --inplace NOTEBOOK")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

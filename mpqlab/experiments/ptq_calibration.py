@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import Splits, calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args
 from mpqlab.quant.policy import quantizable_layers, quantize_model, uniform_policy
 from mpqlab.quant.ptq import act_quantizer_factory, calibrate, ptq_table
 from mpqlab.quant.uniform import default_weight_quantizer
