@@ -259,13 +259,14 @@ def test_integer_path_matches_fake_quant_on_a_random_mixed_model(qmodel, packed_
 
 # --- the command line ---
 
-def test_export_command_writes_a_valid_file(qmodel, tmp_path, capsys):
+@pytest.mark.parametrize("spec", ["mobilenet_v1_small", "mpqlab:mobilenet_v1_small"])  # `finetune`'s spec too
+def test_export_command_writes_a_valid_file(qmodel, tmp_path, capsys, spec):
     from mpqlab.__main__ import main
     from mpqlab.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "model.pt", qmodel.state_dict(), {"note": "test"})
     out = tmp_path / "model.safetensors"
-    code = main(["export", "--model", "mobilenet_v1_small", "--checkpoint", str(tmp_path / "model.pt"),
+    code = main(["export", "--model", spec, "--checkpoint", str(tmp_path / "model.pt"),
                  "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and f"{out.stat().st_size} bytes" in printed
