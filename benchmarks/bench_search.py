@@ -12,7 +12,7 @@
    panel does it: ``render_search`` (solve + new bar heights in the kept ``PolicyChart``) and the PNG
    the widget shows (``PolicyChart.png``: the saved background plus the bars), target under 0.2 s; against the solve alone, a new figure per
    update, and a new figure with ``tight_layout`` (session 1's panel). The split says where the time goes.
-3. LIMPQ's ResNet-50 indicators (if ../shared/fixtures is there): our search, and LIMPQ's own
+3. LIMPQ's released ResNet-50 indicators (data/results/limpq_resnet50_paper.json): our search, and LIMPQ's own
    formulation (every pair kept, banned ones priced 1e8, raw costs) under CBC's default options,
    which stops 1e-5 short of the optimum.
 
@@ -29,24 +29,23 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
-import pulp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_ratio_table  # noqa: E402
 
 from mpqlab.data import repo_data_dir  # noqa: E402
+from mpqlab.experiments.convert_limpq_resnet50 import limpq_ilp, paper_budgets  # noqa: E402
 from mpqlab.limpq.indicators import load_indicators, synthetic_indicators  # noqa: E402
-from mpqlab.limpq.search import allowed_bits, size_budget, solve_policy, uniform_budget  # noqa: E402
+from mpqlab.limpq.search import size_budget, solve_policy, uniform_budget  # noqa: E402
 from mpqlab.plots import figure_png  # noqa: E402
 from mpqlab.widgets.search_panel import PolicyChart, render_search, search_state, slider_ranges  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/limpq_resnet50_indicators.json"
+FIXTURE = repo_data_dir() / "results" / "limpq_resnet50_paper.json"  # the paper's released indicators, shipped
 OPTIONS = [6, 5, 4, 3, 2]
 SHIPPED = repo_data_dir() / "results" / "limpq_mobilenet_v1_small.json"
 TARGET_S = 0.1  # the notebook widget's goal: a 27-layer search well under a tenth of a second
@@ -64,28 +63,6 @@ def timed(fn):
     cpu, wall = cpu_seconds(), time.perf_counter()
     out = fn()
     return out, cpu_seconds() - cpu, time.perf_counter() - wall
-
-
-def limpq_reference(ind, bitops_budget, size_budget_bits, alpha=2.0):
-    """LIMPQ's own ILP, rebuilt for comparison: all 25 pairs, banned bit-widths priced 1e8, raw costs, CBC."""
-    penalty = 1e8
-
-    def price(scores, b):
-        return scores[b] if b in allowed_bits(scores, OPTIONS) else penalty
-
-    problem = pulp.LpProblem("limpq_reference", pulp.LpMinimize)
-    x = {(n, bw, ba): problem.add_variable(f"x_{i}_{bw}_{ba}", cat=pulp.LpBinary)
-         for i, n in enumerate(ind.layer_names) for bw in OPTIONS for ba in OPTIONS}
-    problem += pulp.lpSum((price(ind.act_indicators[n], ba) + alpha * price(ind.weight_indicators[n], bw)) * v
-                          for (n, bw, ba), v in x.items())
-    for n in ind.layer_names:
-        problem += pulp.lpSum(x[n, bw, ba] for bw in OPTIONS for ba in OPTIONS) == 1
-    problem += pulp.lpSum(ind.layer_macs[n] * bw * ba * v for (n, bw, ba), v in x.items()) <= bitops_budget
-    fixed = sum(f.params * f.w_bits for f in ind.fixed_layers.values())
-    problem += fixed + pulp.lpSum(ind.layer_params[n] * bw * v for (n, bw, _), v in x.items()) <= size_budget_bits
-    problem.solve(pulp.PULP_CBC_CMD(msg=False))
-    chosen = [(n, bw, ba) for (n, bw, ba), v in x.items() if v.value() > 0.5]
-    return sum(ind.act_indicators[n][ba] + alpha * ind.weight_indicators[n][bw] for n, bw, ba in chosen)
 
 
 def cases():
@@ -199,11 +176,11 @@ def main() -> None:
         print(f"(LIMPQ fixture not found at {FIXTURE}: ResNet-50 comparison skipped)")
         return
     ind = load_indicators(FIXTURE)
-    bitops, size = uniform_budget(ind, 3, 4), size_budget(ind, 12.2)
+    bitops, size = paper_budgets(ind)  # W3A4 BitOps and compression 12.2, as LIMPQ's README runs it
     print("LIMPQ ResNet-50 (52 layers), W3A4 BitOps + compression 12.2, published objective 4.6174392")
     for label, fn in [("ours, HiGHS", lambda: solve_policy(ind, OPTIONS, bitops, size).objective),
                       ("ours, CBC", lambda: solve_policy(ind, OPTIONS, bitops, size, solver="cbc").objective),
-                      ("LIMPQ's ILP, CBC", lambda: limpq_reference(ind, bitops, size))]:
+                      ("LIMPQ's ILP, CBC", lambda: limpq_ilp(ind).objective)]:
         objective, cpu, wall = timed(fn)
         print(f"  {label:18s} objective {objective:.7f}   {cpu:.3f} CPU-s   {wall:.3f} s wall")
 

@@ -159,7 +159,7 @@ ACTIONS: dict[str, list[Action]] = {
         Slider("bits", key="ArrowRight", presses=1, expect=(Expect(rf"^levels: {NUMBER}", "increases"),)),
         ToggleButtons("grid", "unsigned (after ReLU)", expect=(Expect(rf"clip range: \[{NUMBER}", "increases"),)),
     ],
-    # mpqlab.widgets.search_panel: a "BitOps budget" slider (in M) and one check box per bit-width; each
+    # mpqlab.widgets.search_panel: a "model" drop-down, a "BitOps budget" slider (in M) and one check box per bit-width; each
     # solve prints "BitOps: 12.34 M (budget 13.00 M), avg w_bits: ...", "bit-widths in policy: [2, 3, 4]"
     # and "equivalent uniform bit-width: 3.41" (sqrt(BitOps / MACs), the MAC-weighted mean bit-width).
     "10_limpq_search": [
@@ -174,5 +174,12 @@ ACTIONS: dict[str, list[Action]] = {
             ),
         ),
         Checkbox("6 bits", expect=(Expect(r"^bit-widths in policy: \[.*\b6\b", "absent"),)),
+        # the "model" drop-down: the paper's ResNet-50 starts at its recipe and prints whether the policy is
+        # the published one ("published policy: reproduced ...") under the summary
+        Dropdown(
+            "model",
+            "ResNet-50 (paper)",
+            expect=(Expect(r"^published policy: reproduced", "present"), Expect(rf"^BitOps: {NUMBER} M", "increases")),
+        ),
     ],
 }

@@ -1,5 +1,6 @@
 """The LIMPQ search panel: the pure solve-and-summarise function, its error path, and the wiring."""
 
+import json
 import os
 import re
 import subprocess
@@ -192,3 +193,84 @@ def test_panel_shows_bad_kinds_as_a_red_message(ind, monkeypatch):
     monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
     search_panel(ind, [1])  # the real render_search, through the panel's callback
     assert any("kinds must be a dict" in getattr(obj, "data", "") and "#c0392b" in obj.data for obj in shown)
+
+
+# --- the model drop-down and the published ResNet-50 policy ----------------------------------------
+
+from mpqlab.data import repo_data_dir  # noqa: E402
+from mpqlab.limpq.indicators import load_indicators  # noqa: E402
+from mpqlab.widgets.search_panel import PanelModel, compare_with_published, slider_settings  # noqa: E402
+
+PAPER_FILE = repo_data_dir() / "results" / "limpq_resnet50_paper.json"
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    from mpqlab.experiments.convert_limpq_resnet50 import PAPER, paper_budgets
+
+    ind = load_indicators(PAPER_FILE)
+    expected = json.loads(PAPER_FILE.read_text())["expected"]
+    bitops, size = paper_budgets(ind)
+    return PanelModel(ind, {}, bitops, size, tuple(PAPER.bit_options), PAPER.alpha,
+                      (expected["weight_bits"], expected["act_bits"]))
+
+
+def test_slider_grids_pass_through_the_start_budgets(ind, paper_model):
+    for model in (PanelModel(ind, {}, uniform_budget(ind, 4, 4)), paper_model,
+                  PanelModel(ind, {}, uniform_budget(ind, 3, 3), size_budget_bits=slider_ranges(ind)["size_mb"][0] * 8e6)):
+        settings = slider_settings(model)
+        lo, hi = slider_ranges(model.indicators)["bitops_m"]
+        for key, start in (("bitops_m", model.bitops_budget / 1e6),
+                           ("size_mb", None if model.size_budget_bits is None else model.size_budget_bits / 8e6)):
+            s = settings[key]
+            assert s["min"] <= s["value"] <= s["max"]
+            if start is not None:
+                assert s["value"] == start  # exactly: the recipe's budget is what the slider returns
+            for end in ("min", "max"):  # the grid through the start reaches both ends
+                steps = (s["value"] - s[end]) / s["step"]
+                assert steps == pytest.approx(round(steps), abs=1e-6)
+        assert lo <= settings["bitops_m"]["min"] < settings["bitops_m"]["max"] <= hi
+        assert settings["bitops_m"]["max"] - settings["bitops_m"]["min"] >= 50 * settings["bitops_m"]["step"]
+
+
+def test_sliders_at_the_paper_settings_reproduce_the_published_policy(paper_model):
+    settings = slider_settings(paper_model)
+    state = search_state(paper_model.indicators, settings["bitops_m"]["value"] * 1e6,
+                         settings["size_mb"]["value"] * 8e6, list(paper_model.bit_options), paper_model.alpha)
+    assert compare_with_published(state.result, paper_model.published).startswith("published policy: reproduced")
+    assert round(state.result.objective, 7) == 4.6174392
+
+
+def test_compare_with_published_counts_the_differences(paper_model):
+    state = search_state(paper_model.indicators, uniform_budget(paper_model.indicators, 4, 4), None,
+                         list(paper_model.bit_options))
+    text = compare_with_published(state.result, paper_model.published)
+    assert re.fullmatch(r"published policy: differs in \d+ of 104 bit-widths", text)
+    with pytest.raises(PolicyError, match="3 layers"):
+        compare_with_published(state.result, ([2, 2, 2], [2, 2, 2]))
+
+
+def test_model_drop_down_moves_every_control_and_solves_once(ind, kinds, paper_model, monkeypatch, capsys):
+    shown, calls = [], []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    real = render_search
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("mpqlab.widgets.search_panel.render_search", counting)
+    panel = search_panel(ind, kinds, OPTIONS, models={"small": None, "ResNet-50 (paper)": paper_model})
+    controls = {c.description: c for row in panel.children[:3] for c in row.children if hasattr(c, "description")}
+    assert controls["model"].options == ("small", "ResNet-50 (paper)") and len(calls) == 1
+    controls["6 bits"].value = False
+    capsys.readouterr()
+    before = len(calls)
+    controls["model"].value = "ResNet-50 (paper)"
+    assert len(calls) == before + 1  # one solve for the switch, not one per moved control
+    assert controls["6 bits"].value and controls["alpha"].value == 2.0
+    assert controls["BitOps budget"].value * 1e6 == pytest.approx(paper_model.bitops_budget, rel=1e-12)
+    printed = capsys.readouterr().out
+    assert "published policy: reproduced" in printed and "objective: 4.6174" in printed
+    controls["model"].value = "small"  # back: the small model's own chart, no PolicyError
+    assert "BitOps:" in capsys.readouterr().out

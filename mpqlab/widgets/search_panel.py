@@ -8,9 +8,11 @@ function (tested in ``tests/test_widgets_search_panel.py``): it solves LIMPQ's I
 
 where BitOps count the searchable layers (like the budget), ``avg`` is the plain mean over the
 searchable layers and size counts every layer's weights. ``plot_policy`` draws per-layer bars of
-w_bits and a_bits, depthwise and pointwise in their colours. ``search_panel`` only wires sliders and
-check boxes to those two and shows an ``MpqlabError`` (an infeasible budget, no bit-width ticked) as a
-red message. ``pareto_plot`` draws accuracy against BitOps for the fine-tuned policies.
+w_bits and a_bits, depthwise and pointwise in their colours. ``search_panel`` only wires sliders,
+check boxes and a model drop-down to those two and shows an ``MpqlabError`` (an infeasible budget, no
+bit-width ticked) as a red message; ``slider_settings`` (pure, tested) puts each model's start budgets on
+the sliders' grids, and ``compare_with_published`` says whether a policy equals one a paper printed.
+``pareto_plot`` draws accuracy against BitOps for the fine-tuned policies.
 """
 
 from __future__ import annotations
@@ -166,55 +168,143 @@ def slider_ranges(indicators: Indicators, bit_options=(2, 3, 4, 5, 6)) -> dict:
             "size_mb": (min_size_bits(indicators, options) / 8e6, full_size / 8e6)}
 
 
+@dataclass(frozen=True)
+class PanelModel:
+    """One network the panel can search: its indicators and the settings the panel starts at."""
+
+    indicators: Indicators
+    kinds: dict[str, str]  # {layer: kind} for the bar colours ({} draws every layer as "conv")
+    bitops_budget: float  # start of the BitOps slider, in BitOps over the searchable layers
+    size_budget_bits: float | None = None  # start of the size slider; None: its maximum (no size limit)
+    bit_options: tuple = (2, 3, 4, 5, 6)  # the ticked bit-widths at the start
+    alpha: float = 2.0
+    published: tuple[list[int], list[int]] | None = None  # (weight_bits, act_bits) a paper printed
+
+
+def _step(width: float) -> float:
+    """A power of ten, about a hundredth of ``width``: a slider's step over that range."""
+    return 10.0 ** math.floor(math.log10(max(width / 100, 1e-6)))
+
+
+def _grid(lo: float, hi: float, start: float, step: float) -> dict:
+    """A slider over about [lo, hi] whose grid of ``step`` passes exactly through ``start``.
+
+    The slider's ends move inwards to the nearest grid points, so ``start`` (a recipe's budget) is
+    a value the slider can show and return unchanged, however coarse the step.
+    """
+    start = min(max(start, lo), hi)
+    below, above = math.floor((start - lo) / step + 1e-9), math.floor((hi - start) / step + 1e-9)
+    return {"min": start - below * step, "max": start + above * step, "step": step, "value": start}
+
+
+def slider_settings(model: PanelModel, bit_options=(2, 3, 4, 5, 6)) -> dict:
+    """min, max, step and value of the BitOps slider (M BitOps) and the size slider (MB) for ``model``.
+
+    About 100 steps over the reachable range; each slider's grid goes through the model's start value.
+    """
+    ranges = slider_ranges(model.indicators, bit_options)
+    lo, hi = ranges["bitops_m"]
+    s_lo, s_hi = ranges["size_mb"]
+    size_mb = s_hi if model.size_budget_bits is None else model.size_budget_bits / 8e6
+    return {"bitops_m": _grid(lo, hi, model.bitops_budget / 1e6, _step(hi - lo)),
+            "size_mb": _grid(s_lo, s_hi, size_mb, _step(s_hi - s_lo))}
+
+
+def compare_with_published(result: SearchResult, published) -> str:
+    """One line: does the searched policy equal the published one, layer by layer?"""
+    weight_bits, act_bits = published
+    if len(weight_bits) != len(result.weight_bits) or len(act_bits) != len(result.act_bits):
+        raise PolicyError(f"the published policy has {len(weight_bits)} layers, the search {len(result.weight_bits)}")
+    differ = sum(a != b for a, b in zip(list(weight_bits) + list(act_bits), result.weight_bits + result.act_bits))
+    if differ == 0:
+        return "published policy: reproduced (every weight and activation bit-width equal)"
+    return f"published policy: differs in {differ} of {2 * len(weight_bits)} bit-widths"
+
+
 def search_panel(indicators: Indicators, kinds: dict[str, str], bit_options=(2, 3, 4, 5, 6),
-                 start_bits: int = 4, alpha: float = 2.0, on_result=None):
+                 start_bits: int = 4, alpha: float = 2.0, on_result=None,
+                 models: dict[str, PanelModel] | None = None):
     """BitOps and size sliders, one check box per bit-width and an alpha slider, redrawing the policy.
 
+    ``models`` (optional, ``{label: PanelModel or None}``) adds a "model" drop-down; None stands for
+    ``indicators`` and ``kinds`` at the BitOps of uniform W{start_bits}A{start_bits}. The panel starts
+    with the first entry; choosing another moves every control to that model's start settings.
     ``on_result(state)`` (optional) receives every successful solve, e.g. to fine-tune it later.
     Returns the widgets in a VBox (also displayed).
     """
     import ipywidgets as widgets
     from IPython.display import display
 
-    ranges = slider_ranges(indicators, bit_options)
-    lo, hi = ranges["bitops_m"]
-    start = uniform_budget(indicators, start_bits, start_bits) / 1e6
-    bitops_slider = widgets.FloatSlider(value=start, min=math.ceil(lo * 10) / 10, max=math.floor(hi * 10) / 10,
-                                        step=round((hi - lo) / 100, 1) or 0.1, description="BitOps budget",
-                                        readout_format=".1f", continuous_update=False,
-                                        style={"description_width": "initial"}, layout={"width": "420px"})
+    indicators = check_indicators(indicators, where="indicators of the search panel")
+    first = PanelModel(indicators, kinds, uniform_budget(indicators, start_bits, start_bits),
+                       bit_options=tuple(bit_options), alpha=alpha)
+    choices = {label: (first if model is None else model) for label, model in (models or {"this model": None}).items()}
+    label = next(iter(choices))
+    settings = slider_settings(choices[label], bit_options)
+    wide = {"description_width": "initial"}
+    bitops_slider = widgets.FloatSlider(**settings["bitops_m"], description="BitOps budget", readout_format=".1f",
+                                        continuous_update=False, style=wide, layout={"width": "420px"})
     bitops_unit = widgets.Label()
-    s_lo, s_hi = ranges["size_mb"]
-    size_slider = widgets.FloatSlider(value=math.ceil(s_hi * 1000) / 1000, min=math.floor(s_lo * 1000) / 1000,
-                                      max=math.ceil(s_hi * 1000) / 1000, step=0.001, description="size budget",
-                                      readout_format=".3f", continuous_update=False,
-                                      style={"description_width": "initial"}, layout={"width": "420px"})
-    alpha_slider = widgets.FloatSlider(value=alpha, min=0.0, max=5.0, step=0.1, description="alpha",
+    size_slider = widgets.FloatSlider(**settings["size_mb"], description="size budget", readout_format=".3f",
+                                      continuous_update=False, style=wide, layout={"width": "420px"})
+    alpha_slider = widgets.FloatSlider(value=choices[label].alpha, min=0.0, max=5.0, step=0.1, description="alpha",
                                        continuous_update=False)
-    boxes = {b: widgets.Checkbox(value=True, description=f"{b} bits", indent=False, layout={"width": "70px"})
-             for b in sorted(bit_options)}
+    boxes = {b: widgets.Checkbox(value=b in choices[label].bit_options, description=f"{b} bits", indent=False,
+                                 layout={"width": "70px"}) for b in sorted(bit_options)}
+    model_menu = widgets.Dropdown(options=list(choices), value=label, description="model",
+                                  layout={"width": "300px", "display": None if models else "none"})
+    out = widgets.Output()
+    charts = {}  # one PolicyChart per model, made at its first successful solve
+    switching = {"now": False}  # while a model switch moves the controls: one solve at the end, not one per control
 
-    kept = {}  # the PolicyChart, made at the first successful solve
-
-    def update(budget_m, size_mb, alpha, **ticked):
-        bitops_unit.value = f"M BitOps (= uniform {equivalent_bits(indicators, budget_m * 1e6):.2f} bits); size in MB"
-        options = [b for b in sorted(bit_options) if ticked[f"b{b}"]]
-        state, fig, text = render_search(indicators, kinds, budget_m * 1e6, size_mb * 8e6, options, alpha,
-                                         chart=kept.get("chart"))
-        if state is None:
-            show_error(text)
+    def update(*_):
+        if switching["now"]:
             return
-        if "chart" not in kept:  # the first solve: keep the figure render_search has just drawn
-            kept["chart"] = PolicyChart(fig, state.result.layer_names)
-        if on_result is not None:
-            on_result(state)
-        show_result(kept["chart"].png(), text)
+        model = choices[model_menu.value]
+        budget_m, size_mb = bitops_slider.value, size_slider.value
+        bitops_unit.value = (f"M BitOps (= uniform {equivalent_bits(model.indicators, budget_m * 1e6):.2f} bits); "
+                             "size in MB")
+        options = [b for b in sorted(bit_options) if boxes[b].value]
+        state, fig, text = render_search(model.indicators, model.kinds, budget_m * 1e6, size_mb * 8e6, options,
+                                         alpha_slider.value, chart=charts.get(model_menu.value))
+        with out:
+            out.clear_output(wait=True)
+            if state is None:
+                show_error(text)
+                return
+            if model_menu.value not in charts:  # the first solve: keep the figure render_search has just drawn
+                charts[model_menu.value] = PolicyChart(fig, state.result.layer_names)
+            if model.published is not None:
+                try:
+                    text += "\n" + compare_with_published(state.result, model.published)
+                except MpqlabError as err:  # a PanelModel whose published policy has other layers
+                    text += f"\nError: {err}"
+            if on_result is not None:
+                on_result(state)
+            show_result(charts[model_menu.value].png(), text)
 
-    controls = {"budget_m": bitops_slider, "size_mb": size_slider, "alpha": alpha_slider}
-    controls |= {f"b{b}": box for b, box in boxes.items()}
-    out = widgets.interactive_output(update, controls)
-    panel = widgets.VBox([widgets.HBox([bitops_slider, bitops_unit]), widgets.HBox([size_slider, alpha_slider]),
-                          widgets.HBox(list(boxes.values())), out])
+    def switch_model(_):
+        model = choices[model_menu.value]
+        new = slider_settings(model, bit_options)
+        switching["now"] = True
+        try:
+            for slider, values in ((bitops_slider, new["bitops_m"]), (size_slider, new["size_mb"])):
+                with slider.hold_trait_notifications():  # min, max and value checked together at the end
+                    slider.min, slider.max, slider.step, slider.value = (values["min"], values["max"],
+                                                                         values["step"], values["value"])
+            alpha_slider.value = model.alpha
+            for b, box in boxes.items():
+                box.value = b in model.bit_options
+        finally:
+            switching["now"] = False
+        update()
+
+    for control in [bitops_slider, size_slider, alpha_slider, *boxes.values()]:
+        control.observe(update, names="value")
+    model_menu.observe(switch_model, names="value")
+    update()
+    panel = widgets.VBox([widgets.HBox([model_menu, bitops_slider, bitops_unit]),
+                          widgets.HBox([size_slider, alpha_slider]), widgets.HBox(list(boxes.values())), out])
     display(panel)
     return panel
 
