@@ -7,6 +7,8 @@ import io
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from mpqlab.errors import UsageError
+
 # One colour per layer kind, the same in every notebook.
 KIND_COLORS = {"conv": "#4C72B0", "depthwise": "#DD8452", "pointwise": "#55A868", "linear": "#8172B3"}
 
@@ -60,6 +62,18 @@ def image_grid(images, labels, class_names, rows: int = 3, cols: int = 10, predi
     return fig
 
 
+def kind_handles(kinds) -> tuple[list, list[str]]:
+    """``(handles, labels)``: one legend swatch per layer kind present in ``kinds``, in ``KIND_COLORS`` order.
+
+    For figures whose bars are coloured by layer kind (``macs_bar``; notebook 01's per-layer errors)."""
+    present = set(kinds)
+    unknown = present - set(KIND_COLORS)
+    if unknown:
+        raise UsageError(f"unknown layer kind(s) {sorted(unknown)}; known: {list(KIND_COLORS)}")
+    names = [k for k in KIND_COLORS if k in present]
+    return [plt.Rectangle((0, 0), 1, 1, color=KIND_COLORS[k]) for k in names], names
+
+
 def macs_bar(table, title: str = "", ax=None, log: bool = False):
     """Bar chart of MACs per layer, coloured by kind (conv / depthwise / pointwise / linear)."""
     if ax is None:
@@ -70,8 +84,6 @@ def macs_bar(table, title: str = "", ax=None, log: bool = False):
     ax.set_xticklabels([n.removesuffix(".conv") for n in table.index], rotation=90, fontsize=7)
     ax.set_ylabel("MACs (millions)")
     ax.set_title(title, loc="right")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLORS.items() if k in set(table.kind)]
-    ax.legend(handles, [k for k in KIND_COLORS if k in set(table.kind)], fontsize=8, frameon=False,
-              loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4)
+    ax.legend(*kind_handles(table.kind), fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4)
     ax.figure.tight_layout()
     return ax.figure

@@ -36,7 +36,8 @@ from mpqlab.quant.qil import QILQuantizer, qil_act_quantizer, qil_weight_quantiz
 from mpqlab.train import cosine_schedule, evaluate, repeat_epochs, seed_everything
 
 def lsq_plus_mse_act_quantizer(bits: int, name: str = "", layer: nn.Module | None = None) -> LSQPlusQuantizer:
-    """LSQ+ activations with the paper's least-squares initialisation of (s, beta)."""
+    """LSQ+ activations started by ``lsq_plus_mse_init``: a one-dimensional MSE search over s with beta fixed at the
+    minimum (the paper minimises the same error over (s, beta) jointly; see mpqlab/quant/lsq_plus.py)."""
     return LSQPlusQuantizer(bits, "act", init="mse")
 
 

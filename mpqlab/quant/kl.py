@@ -11,11 +11,16 @@ NVIDIA TensorRT's 8-bit calibration (Migacz 2017, "8-bit Inference with TensorRT
    - ``KL(P || Q) = sum_k p_k log(p_k / q_k)`` after normalising both to sum 1.
 3. Return the ``T_i`` with the smallest divergence.
 
-Where a group of ``Q`` is empty but ``P`` is not (outliers folded onto an empty last bin), ``q_k = 0 < p_k``
-and the divergence would be +inf, which would forbid clipping even a lone outlier: the very case KL
-calibration is for. So we smooth ``Q`` by mixing in a little of the uniform distribution over ``P``'s
-non-empty bins, ``Q <- (1 - eps) Q + eps U`` with ``eps = 1e-4`` (implementations derived from TensorRT's,
-e.g. MXNet's, smooth zero bins with a similar small epsilon). With ``eps = 0`` such candidates get +inf.
+Only one kind of candidate makes the divergence infinite: one whose last group of ``Q`` is empty, i.e. the
+bins merged into ``Q``'s top level hold no values of their own while outliers are folded onto the last bin
+of ``P``. There ``q_k = 0 < p_k`` and ``KL = +inf``. Such a candidate's last bin is empty, but an empty last
+bin alone is not enough: as soon as the last group holds any value, ``Q`` spreads that group's mass over the
+last bin too and the divergence stays finite (tests/test_kl_infinite_candidates.py). So clipping even a lone
+outlier is allowed, unless all the bins just below the threshold that form ``Q``'s top level are empty.
+We smooth ``Q`` by mixing in a little of the uniform distribution over ``P``'s non-empty bins,
+``Q <- (1 - eps) Q + eps U`` with ``eps = 1e-4`` (implementations derived from TensorRT's, e.g. MXNet's,
+smooth zero bins with a similar small epsilon), so such candidates get a large but finite divergence.
+With ``eps = 0`` they get +inf and can never be chosen.
 
 ``num_levels`` is the number of quantization levels between 0 and T: 128 for int8 (TensorRT),
 ``2^(bits-1)`` for a signed grid and ``2^bits`` for an unsigned grid over non-negative data (ReLU
