@@ -289,7 +289,10 @@ def search_panel(indicators: Indicators, kinds: dict[str, str], bit_options=(2, 
         switching["now"] = True
         try:
             for slider, values in ((bitops_slider, new["bitops_m"]), (size_slider, new["size_mb"])):
-                with slider.hold_trait_notifications():  # min, max and value checked together at the end
+                # One message to the browser with min, max, step and value together (hold_sync): sent one by
+                # one, the browser's slider clamps the new value into the old range and sends that back. In the
+                # kernel, min, max and value are checked together at the end (hold_trait_notifications).
+                with slider.hold_sync(), slider.hold_trait_notifications():
                     slider.min, slider.max, slider.step, slider.value = (values["min"], values["max"],
                                                                          values["step"], values["value"])
             alpha_slider.value = model.alpha
