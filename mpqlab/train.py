@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mpqlab.errors import UsageError
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so a rerun draws the same numbers."""
@@ -62,7 +64,12 @@ def train_epoch(model: nn.Module, loader, optimizer, device: str = "cpu", schedu
     model.train().to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total_loss, steps = 0.0, 0
-    n = len(loader) if max_steps is None else min(max_steps, len(loader))
+    if not hasattr(loader, "__len__"):  # an endless stream such as repeat_epochs(loader)
+        if max_steps is None:
+            raise UsageError("train_epoch over an endless batch stream needs max_steps")
+        n = max_steps
+    else:
+        n = len(loader) if max_steps is None else min(max_steps, len(loader))
     bar = tqdm(loader, total=n, desc=desc, leave=False)
     for images, labels in bar:
         if steps == n:

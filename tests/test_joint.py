@@ -86,10 +86,62 @@ def test_one_step_sums_the_gradients_of_n_plus_one_passes(fp, batch):
 
 def test_optimizer_keeps_step_sizes_in_their_own_group(fp):
     model = joint_model(fp, OPTIONS)
-    opt = make_optimizer(model, JointConfig(lr=1e-4, step_lr=1e-3))
+    opt = make_optimizer(model, JointConfig(lr=1e-4, step_lr=1e-3, weight_decay=5e-4))
     lrs = [g["lr"] for g in opt.param_groups]
     n_steps = sum(1 for n, _ in model.named_parameters() if ".steps." in n)
-    assert lrs == [1e-4, 1e-3] and len(opt.param_groups[1]["params"]) == n_steps == 2 * (26 * 5 + 2)
+    assert lrs == [1e-4, 1e-4, 1e-3] and len(opt.param_groups[-1]["params"]) == n_steps == 2 * (26 * 5 + 2)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0, 0.0]  # never on steps or BatchNorm
+    named = dict(model.named_parameters())
+    ids = [{id(p) for p in g["params"]} for g in opt.param_groups]
+    assert {id(p) for p in named.values()} == ids[0] | ids[1] | ids[2] and not ids[0] & ids[1]
+    assert id(named["pw1.conv.weight"]) in ids[0] and id(named["fc.weight"]) in ids[0]
+    assert id(named["pw1.bn.weight"]) in ids[1] and id(named["pw1.bn.bias"]) in ids[1]
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])
+def test_optimizer_is_chosen_by_the_config(fp, name, cls):
+    opt = make_optimizer(joint_model(fp, OPTIONS), JointConfig(optimizer=name, momentum=0.8))
+    assert type(opt) is cls
+    if name == "sgd":
+        assert all(g["momentum"] == 0.8 for g in opt.param_groups)
+
+
+def test_unknown_optimizer_is_refused(fp):
+    from mpqlab.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="rmsprop"):
+        make_optimizer(joint_model(fp, OPTIONS), JointConfig(optimizer="rmsprop"))
+
+
+def test_max_grad_norm_clips_each_pass_before_summing(fp, batch):
+    images, labels = batch
+    model = joint_model(fp, OPTIONS)
+    layers, _ = searchable_layers(model)
+    model.train()
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    max_norm = 0.05  # far below every pass's gradient norm, so every pass is clipped
+    joint_step(model, layers, OPTIONS, images, labels, optimizer, random.Random(3), max_grad_norm=max_norm)
+    got = [None if p.grad is None else p.grad.clone() for p in params]
+
+    # by hand: each pass's gradient scaled to norm max_norm (clip_grad_norm_'s 1e-6 guard), then summed
+    rng = random.Random(3)
+    settings = [({n: b for n in layers}, {n: b for n in layers}) for b in OPTIONS]
+    settings.append(({n: rng.choice(OPTIONS) for n in layers}, {n: rng.choice(OPTIONS) for n in layers}))
+    want = [torch.zeros_like(p) for p in params]
+    for w_bits, a_bits in settings:
+        model.zero_grad(set_to_none=True)
+        set_bits(model, w_bits, a_bits)
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert norm > 10 * max_norm  # the pass really is clipped
+        for w, g in zip(want, grads):
+            w += g * (max_norm / (norm + 1e-6))
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in got if g is not None]))
+    assert total <= (len(OPTIONS) + 1) * max_norm * (1 + 1e-5)
+    for p, g, w in zip(params, got, want):
+        assert torch.allclose(torch.zeros_like(p) if g is None else g, w, rtol=1e-4, atol=1e-8)
 
 
 def test_short_training_gives_a_valid_indicator_table(fp, batch):
@@ -112,3 +164,91 @@ def test_policy_model_has_plain_lsq_at_the_policy_bits(fp, batch):
     assert isinstance(model.dw1.conv.w_quantizer, LSQQuantizer) and model.dw1.conv.w_quantizer.bit_options == [3]
     assert model.conv1.conv.a_quantizer.signed and model.dw1.conv.a_quantizer.bits == 5
     assert model(batch[0]).shape == (4, 10)
+
+
+def _steps(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".steps." in n}
+
+
+def _shuffled_loader(batch):
+    """A fresh seeded loader of 8 images in batches of 4 (rebuilt per run, as a restarted script does)."""
+    images, labels = batch
+    data = TensorDataset(torch.cat([images, images.flip(0)]), torch.cat([labels, labels.flip(0)]))
+    return DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def test_initial_model_is_where_train_joint_starts(fp, batch):
+    from mpqlab.limpq.joint import initial_model
+
+    loader = _shuffled_loader(batch)
+    config = JointConfig(steps=1, batch_size=4, lr=0.0, step_lr=0.0, optimizer="sgd")
+    trained, _ = train_joint(fp, loader, config)  # learning rates 0: the steps stay at their start
+    start = initial_model(fp, config, next(iter(_shuffled_loader(batch)))[0])
+    got, want = _steps(trained), _steps(start)
+    assert got.keys() == want.keys() and len(got) == 2 * (26 * 5 + 2)
+    assert all(torch.equal(got[n], want[n]) for n in got)
+    other = initial_model(fp, config, batch[0] * 3)  # other images, other starts: the batch matters
+    assert not all(torch.equal(_steps(other)[n], want[n]) for n in want)
+
+
+def _resume_config() -> JointConfig:
+    return JointConfig(steps=4, batch_size=4, lr=0.01, step_lr=0.01, optimizer="sgd", momentum=0.9,
+                       bn_per_bits=True, max_grad_norm=1.0)
+
+
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(fp, batch, tmp_path, monkeypatch):
+    from mpqlab.limpq import joint
+
+    config = _resume_config()
+    whole, whole_history = train_joint(fp, _shuffled_loader(batch), config)
+
+    state = tmp_path / "run.state.pt"
+    real_step, calls = joint.joint_step, []
+
+    def dies_at_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after the save at step 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(joint, "joint_step", dies_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_joint(fp, _shuffled_loader(batch), config, resume_from=state, save_every=2)
+    assert state.is_file() and torch.load(state, weights_only=True)["step"] == 2
+    monkeypatch.setattr(joint, "joint_step", real_step)
+    resumed, history = train_joint(fp, _shuffled_loader(batch), config, resume_from=state, save_every=2)
+
+    assert list(history.index) == [0, 1, 2, 3]
+    losses = [c for c in history.columns if c.startswith("loss")]
+    assert history[losses].to_numpy() == pytest.approx(whole_history[losses].to_numpy(), rel=0, abs=1e-6)
+    got, want = _steps(resumed), _steps(whole)
+    assert all(torch.allclose(got[n], want[n], rtol=0, atol=1e-6) for n in want)  # measured: bit-identical
+    for (n, p), q in zip(resumed.state_dict().items(), whole.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), rtol=1e-5, atol=1e-6), n  # weights and every BatchNorm too
+
+
+def test_state_file_of_other_settings_is_refused(fp, batch, tmp_path):
+    from mpqlab.errors import PolicyError
+
+    state = tmp_path / "run.state.pt"
+    config = JointConfig(steps=2, batch_size=4, optimizer="sgd")
+    train_joint(fp, _shuffled_loader(batch), config, resume_from=state, save_every=1)
+    assert state.is_file()  # saved after step 1 of 2
+    with pytest.raises(PolicyError, match="other settings"):
+        train_joint(fp, _shuffled_loader(batch), JointConfig(steps=2, batch_size=4, optimizer="sgd", lr=0.5),
+                    resume_from=state, save_every=1)
+
+
+def test_min_step_fraction_keeps_steps_above_their_floor(fp, batch):
+    from mpqlab.limpq.joint import initial_model
+
+    fraction = 0.5
+    # Adam moves every step by about step_lr = 1: without the floor half of them would turn negative
+    config = JointConfig(steps=1, batch_size=4, lr=0.0, step_lr=1.0, optimizer="adam")
+    trained, _ = train_joint(fp, _shuffled_loader(batch), config, min_step_fraction=fraction)
+    start = _steps(initial_model(fp, config, next(iter(_shuffled_loader(batch)))[0]))
+    got = _steps(trained)
+    floors = {n: fraction * float(s) for n, s in start.items()}
+    assert all(float(got[n]) >= floors[n] * (1 - 1e-6) for n in got)
+    on_floor = sum(float(got[n]) == pytest.approx(floors[n], rel=1e-6) for n in got)
+    assert 0 < on_floor < len(got)  # some were pushed down onto the floor, some moved up

@@ -82,3 +82,37 @@ def test_repeat_epochs_reshuffles_from_the_seeded_generator():
     run = first_passes(0)
     assert sorted(sum(run[:3], [])) == sorted(sum(run[3:6], [])) == list(range(6))  # each pass sees every item
     assert run[:3] != run[3:6] and run == first_passes(0)  # a new order each pass, the same on a rerun
+
+
+class _CountingScheduler:
+    def __init__(self):
+        self.steps = 0
+
+    def step(self):
+        self.steps += 1
+
+
+def test_train_epoch_runs_max_steps_over_an_endless_stream_longer_than_one_epoch():
+    from mpqlab.train import repeat_epochs, train_epoch
+
+    gen = torch.Generator().manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(6, 3, generator=gen), torch.randint(0, 2, (6,), generator=gen)),
+                        batch_size=2, shuffle=True, generator=gen)  # 3 batches per epoch
+    model = torch.nn.Linear(3, 2)
+    counter = _CountingScheduler()
+    train_epoch(model, repeat_epochs(loader), torch.optim.SGD(model.parameters(), lr=0.1), scheduler=counter,
+                max_steps=7)
+    assert counter.steps == 7  # two epochs and one batch, not one epoch
+    counter = _CountingScheduler()
+    train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), scheduler=counter, max_steps=7)
+    assert counter.steps == 3  # a plain loader still stops at its end
+
+
+def test_train_epoch_over_an_endless_stream_needs_max_steps():
+    from mpqlab.errors import UsageError
+    from mpqlab.train import repeat_epochs, train_epoch
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 3), torch.zeros(4, dtype=torch.long)), batch_size=2)
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(UsageError, match="max_steps"):
+        train_epoch(model, repeat_epochs(loader), torch.optim.SGD(model.parameters(), lr=0.1))

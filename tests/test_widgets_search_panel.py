@@ -274,3 +274,18 @@ def test_model_drop_down_moves_every_control_and_solves_once(ind, kinds, paper_m
     assert "published policy: reproduced" in printed and "objective: 4.6174" in printed
     controls["model"].value = "small"  # back: the small model's own chart, no PolicyError
     assert "BitOps:" in capsys.readouterr().out
+
+
+def test_pareto_plot_averages_seeds_with_error_bars_and_draws_float_as_a_band():
+    points = [{"method": "uniform", "budget_bits": 3, "seed": s, "bitops": 3e7, "accuracy": a}
+              for s, a in enumerate((0.80, 0.82, 0.84))]
+    points += [{"method": "float", "budget_bits": 32, "seed": s, "bitops": None, "accuracy": a}
+               for s, a in enumerate((0.90, 0.92))]
+    fig = pareto_plot(points)
+    ax = fig.axes[0]
+    line = ax.lines[0]  # the uniform marker: one point at the mean of the three seeds
+    assert list(line.get_ydata()) == pytest.approx([82.0])
+    bars = [c for c in ax.collections if c.get_segments()]
+    assert bars and bars[0].get_segments()[0][:, 1] == pytest.approx([80.0, 84.0])  # +- 1 sd = 2 points
+    assert any(abs(h.get_ydata()[0] - 91.0) < 1e-9 for h in ax.lines[1:])  # the float mean line
+    plt.close(fig)

@@ -3,12 +3,19 @@
 Starts from a shipped float checkpoint, runs ``mpqlab.limpq.joint.train_joint`` (every candidate
 bit-width plus one random pass per step) and writes the learned step sizes in the indicator format of
 ``mpqlab.limpq.indicators`` to ``data/results/limpq_<model>.json``, with the settings, the seed,
-the seconds it took, the per-step losses and the accuracy of the jointly trained network at each
-uniform bit-width. Run
+the seconds it took, the per-step losses, the accuracy of the jointly trained network at each
+uniform bit-width, and the *initial* step sizes (``initial_weight_indicators``, ``initial_act_indicators``:
+LSQ's start, the indicators of the untrained joint model) so that one can see how far training moved them.
 
-    python -m mpqlab.experiments.limpq_indicators [--model mobilenet_v1_small] [--steps 150]
+The shipped run (the defaults) follows LIMPQ's released recipe as far as the laptop allows: SGD with
+momentum 0.9 at lr 0.01 with cosine decay for weights and step sizes alike, one BatchNorm per
+bit-width, each pass's gradient clipped to norm 1 (the 2-bit pass would otherwise wreck the shared
+weights: see ``joint_step``), step sizes kept above 1% of their start, batch 64, 2,580 joint steps (165,120 images: 3 epochs of the 55,000 training images). Run
 
-(one thread by default: the machine is shared).
+    python -m mpqlab.experiments.limpq_indicators [--model mobilenet_v1_small] [--steps 2580]
+
+(one thread by default: the machine is shared). It saves its state every 200 steps next to the result
+(``<out>.state.pt``); run the same command again after an interruption and it continues.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.experiments.cli import experiment_parser, parse_experiment_args
 from mpqlab.limpq.indicators import save_indicators
-from mpqlab.limpq.joint import JointConfig, indicators_from_model, searchable_layers, set_bits, train_joint
+from mpqlab.limpq.joint import (
+    JointConfig, indicators_from_model, initial_model, searchable_layers, set_bits, train_joint,
+)
 from mpqlab.train import evaluate, seed_everything
 
 
@@ -61,16 +70,33 @@ def uniform_accuracies(model, bit_options, loader, calibration: torch.Tensor, de
     return out
 
 
-def run(model_name: str, config: JointConfig, eval_images: int = 2000, device: str = "cpu",
-        out: Path | None = None) -> dict:
+def shipped_config(steps: int = 2580, batch_size: int = 64) -> JointConfig:
+    """The shipped run's settings (see the module docstring)."""
+    return JointConfig(steps=steps, batch_size=batch_size, lr=0.01, step_lr=0.01, optimizer="sgd",
+                       momentum=0.9, bn_per_bits=True, max_grad_norm=1.0)
+
+
+def initial_indicators(model_name: str, config: JointConfig, splits=None, device: str = "cpu"):
+    """The indicators of the untrained joint model, from the same first batch ``train_joint`` starts with."""
+    splits = splits or fashion_mnist_splits()
+    fp_model = load_pretrained(model_name, device)
+    first = next(iter(make_loaders(splits, config.batch_size, config.seed)["train"]))[0]
+    return indicators_from_model(initial_model(fp_model, config, first, device), fp_model)
+
+
+def run(model_name: str, config: JointConfig, eval_images: int = 10_000, device: str = "cpu",
+        out: Path | None = None, min_step_fraction: float = 0.01) -> dict:
     """Train, evaluate, and save the indicator file (unless ``out`` is None); returns the extra keys written."""
     start = time.perf_counter()
     seed_everything(config.seed)
     splits = fashion_mnist_splits()
     fp_model = load_pretrained(model_name, device)
     loader = make_loaders(splits, config.batch_size, config.seed)["train"]
-    model, history = train_joint(fp_model, loader, config, device)
-    train_seconds = time.perf_counter() - start
+    state = None if out is None else Path(out).with_suffix(".state.pt")
+    model, history = train_joint(fp_model, loader, config, device, resume_from=state,
+                                 min_step_fraction=min_step_fraction)
+    train_seconds = float(history["seconds"].iloc[-1])
+    initial = initial_indicators(model_name, config, splits, device)
     x, y = splits.test.tensors
     test = DataLoader(TensorDataset(x[:eval_images], y[:eval_images]), batch_size=500)
     extra = {
@@ -79,28 +105,41 @@ def run(model_name: str, config: JointConfig, eval_images: int = 2000, device: s
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "train_seconds": train_seconds,
         "seconds_per_step": train_seconds / config.steps,
+        "images_seen": config.steps * config.batch_size,
+        "min_step_fraction": min_step_fraction,
+        "initial_weight_indicators": {n: {str(b): v for b, v in row.items()}
+                                      for n, row in initial.weight_indicators.items()},
+        "initial_act_indicators": {n: {str(b): v for b, v in row.items()}
+                                   for n, row in initial.act_indicators.items()},
         "losses": {col: [round(v, 4) for v in history[col]] for col in history.columns if col.startswith("loss")},
         "eval_images": eval_images,
         "uniform_accuracy": uniform_accuracies(model, config.bit_options, test,
                                                calibration_batch(splits, 1000, config.seed)[0], device),
         "float_accuracy": evaluate(fp_model, test, device),
     }
-    extra["seconds"] = time.perf_counter() - start
+    final = indicators_from_model(model, fp_model)
+    extra["steps_on_floor"] = sum(
+        final.weight_indicators[n][b] <= min_step_fraction * initial.weight_indicators[n][b] * (1 + 1e-6)
+        for n in final.layer_names for b in config.bit_options) + sum(
+        final.act_indicators[n][b] <= min_step_fraction * initial.act_indicators[n][b] * (1 + 1e-6)
+        for n in final.layer_names for b in config.bit_options)
+    extra["seconds"] = time.perf_counter() - start  # this invocation; train_seconds counts resumed runs too
     extra["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if out is not None:
-        save_indicators(out, indicators_from_model(model, fp_model), extra)
+        save_indicators(out, final, extra)
+        if state is not None:
+            state.unlink(missing_ok=True)
     return extra
 
 
 def main(argv=None) -> None:
     parser = experiment_parser(__doc__, None)
     parser.add_argument("--model", default="mobilenet_v1_small", choices=["mobilenet_v1_small", "resnet20"])
-    parser.add_argument("--steps", type=int, default=150, help="joint steps (each n + 1 passes)")
+    parser.add_argument("--steps", type=int, default=2580, help="joint steps (each n + 1 passes)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bn-per-bits", action="store_true", help="one BatchNorm per bit-width")
-    parser.add_argument("--eval-images", type=int, default=2000)
+    parser.add_argument("--eval-images", type=int, default=10_000)
     args = parse_experiment_args(parser, argv)
-    config = JointConfig(steps=args.steps, batch_size=args.batch_size, bn_per_bits=args.bn_per_bits)
+    config = shipped_config(args.steps, args.batch_size)
     out = args.out or results_path(args.model)
     extra = run(args.model, config, args.eval_images, out=out)
     print(f"uniform accuracy after joint training: {extra['uniform_accuracy']} (float {extra['float_accuracy']})")

@@ -313,21 +313,44 @@ def search_panel(indicators: Indicators, kinds: dict[str, str], bit_options=(2, 
 
 
 def pareto_plot(points, ax=None, title: str = "accuracy vs BitOps"):
-    """Scatter of accuracy against BitOps (M): ``points`` is a list of dicts with keys
-    ``method`` (legend group), ``bitops``, ``accuracy`` and optionally ``label`` (annotated)."""
+    """Accuracy against BitOps (M), one marker per method and budget at the mean over seeds, error bars +- 1 sd.
+
+    ``points`` is a list of dicts with keys ``method`` (legend group), ``bitops``, ``accuracy`` and
+    optionally ``budget_bits`` (points of one method and budget are averaged; without it each point
+    stands alone) and ``label`` (annotated). ``float`` points (``bitops`` None) are drawn as a band:
+    mean +- 1 sd over their seeds.
+    """
+    import numpy as np
+
     if ax is None:
         _, ax = new_figure(figsize=(7, 4))
-    styles = {"uniform": ("s", "0.3"), "random": ("x", "0.6"), "limpq": ("o", "C3"), "hessian": ("^", "C0"),
-              "live": ("*", "C2")}
+    styles = {"uniform": ("s", "0.3"), "random": ("x", "0.6"), "limpq": ("o", "C3"), "limpq_init": ("v", "C1"),
+              "hessian": ("^", "C0"), "live": ("*", "C2"), "float": ("", "0.5")}
     for method in dict.fromkeys(p["method"] for p in points):
-        group = sorted((p for p in points if p["method"] == method), key=lambda p: p["bitops"])
+        group = [p for p in points if p["method"] == method]
         marker, color = styles.get(method, ("D", "C4"))
-        xs, ys = [p["bitops"] / 1e6 for p in group], [100 * p["accuracy"] for p in group]
-        ax.plot(xs, ys, marker=marker, color=color, ls="-" if method in ("uniform", "limpq", "hessian") else "none",
-                ms=9 if method == "live" else 6, label=method)
-        for p, x, y in zip(group, xs, ys):
-            if p.get("label"):
-                ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if method == "float" or all(p.get("bitops") is None for p in group):
+            accs = np.array([100 * p["accuracy"] for p in group])
+            ax.axhline(accs.mean(), color=color, ls="--", lw=1, label=f"{method} (mean of {len(accs)})")
+            if len(accs) > 1:
+                ax.axhspan(accs.mean() - accs.std(ddof=1), accs.mean() + accs.std(ddof=1), color=color, alpha=0.15)
+            continue
+        cells: dict = {}
+        for i, p in enumerate(group):
+            cells.setdefault(p.get("budget_bits", ("alone", i)), []).append(p)
+        rows = []
+        for cell in cells.values():
+            accs = np.array([100 * p["accuracy"] for p in cell])
+            rows.append((np.mean([p["bitops"] for p in cell]) / 1e6, accs.mean(),
+                         accs.std(ddof=1) if len(accs) > 1 else 0.0, cell[0].get("label")))
+        rows.sort()
+        xs, ys, sds = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        ax.errorbar(xs, ys, yerr=sds, marker=marker, color=color, capsize=3,
+                    ls="-" if method in ("uniform", "limpq", "limpq_init", "hessian") else "none",
+                    ms=9 if method == "live" else 6, label=method)
+        for x, y, _, label in rows:
+            if label:
+                ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("BitOps of the searchable layers (M)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
