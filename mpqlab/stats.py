@@ -85,13 +85,18 @@ def paired_difference(a, b, level: float = 0.95) -> Interval:
     return mean_interval(a - b, level)
 
 
-def verdict(name_a: str, name_b: str, diff: Interval, unit: str = "points", where: str = "") -> str:
-    """A sentence computed from a paired interval: who is ahead and by how much, or no detectable difference."""
+def verdict(name_a: str, name_b: str, diff: Interval, unit: str = "points", where: str = "",
+            verb: str = "beats", paired: str = "paired seeds") -> str:
+    """A sentence computed from a paired interval: who is ahead and by how much, or no detectable difference.
+
+    ``verb`` says what being ahead means (``"loses more than"`` when the difference is a loss), ``paired``
+    what the ``diff.n`` paired values are (``"paired (pair, seed) runs"`` when each seed gives several).
+    """
     at = f" {where}" if where else ""
     if not diff.detectable:
         return (f"{name_a} vs {name_b}{at}: no difference we can detect ({diff.mean:+.2f} {unit}, 95% interval "
-                f"[{diff.low:+.2f}, {diff.high:+.2f}], {diff.n} paired seeds)")
+                f"[{diff.low:+.2f}, {diff.high:+.2f}], {diff.n} {paired})")
     lead, trail = (name_a, name_b) if diff.mean > 0 else (name_b, name_a)
     half = (diff.high - diff.low) / 2
-    return (f"{lead} beats {trail}{at} by {abs(diff.mean):.2f} +- {half:.2f} {unit} (95% interval over "
-            f"{diff.n} paired seeds)")
+    return (f"{lead} {verb} {trail}{at} by {abs(diff.mean):.2f} +- {half:.2f} {unit} (95% interval over "
+            f"{diff.n} {paired})")

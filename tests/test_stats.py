@@ -76,3 +76,15 @@ def test_verdict_says_no_detectable_difference_otherwise():
     text = verdict("hessian", "random", diff)
     assert text.startswith("hessian vs random: no difference we can detect")
     assert "beats" not in text and "3 paired seeds" in text
+
+
+def test_verdict_words_a_loss_and_what_was_paired():
+    more = paired_difference([3.0, 2.5, 3.2, 2.8], [1.0, 1.2, 0.9, 1.1])  # points lost, a minus b
+    text = verdict("depthwise", "pointwise", more, where="from 4 to 2 bits", verb="loses more than",
+                   paired="paired (pair, seed) runs")
+    assert text.startswith("depthwise loses more than pointwise from 4 to 2 bits by ")
+    assert "4 paired (pair, seed) runs" in text and "beats" not in text
+    less = paired_difference([1.0, 1.2, 0.9, 1.1], [3.0, 2.5, 3.2, 2.8])
+    assert verdict("depthwise", "pointwise", less, verb="loses more than").startswith("pointwise loses more than depthwise")
+    noise = paired_difference([1.0, 2.0, 0.5], [1.2, 1.1, 1.0])
+    assert "3 paired (pair, seed) runs)" in verdict("depthwise", "pointwise", noise, paired="paired (pair, seed) runs")
