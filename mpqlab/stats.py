@@ -100,3 +100,33 @@ def verdict(name_a: str, name_b: str, diff: Interval, unit: str = "points", wher
     half = (diff.high - diff.low) / 2
     return (f"{lead} {verb} {trail}{at} by {abs(diff.mean):.2f} +- {half:.2f} {unit} (95% interval over "
             f"{diff.n} {paired})")
+
+
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the ranks of ``a`` and of ``b``.
+
+        rho = corr(rank(a), rank(b)),   tied values share their mean rank
+
+    1 means the same ordering, -1 the reverse. Computed here so the package needs no SciPy.
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape or a.size < 2:
+        raise TensorValueError(f"need two sequences of the same length >= 2, got lengths {a.size} and {b.size}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise TensorValueError("rank correlation needs finite values")
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        raise TensorValueError("rank correlation is undefined when one sequence is constant")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties replaced by their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(x.size)
+    ranks[order] = np.arange(1, x.size + 1)
+    ordered = np.sort(x)
+    for value in np.unique(ordered[1:][np.diff(ordered) == 0]):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks

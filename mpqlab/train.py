@@ -88,6 +88,36 @@ def train_epoch(model: nn.Module, loader, optimizer, device: str = "cpu", schedu
     return total_loss / max(steps, 1)
 
 
+class KeepStepsPositive:
+    """Wraps an optimizer so that an update taking a learned step size to zero or below halves it instead.
+
+        s_new = s_old - update        if that stays > 0
+        s_new = s_old / 2             otherwise (counted in ``halvings``)
+
+    Adam moves every parameter by about its learning rate per update whatever the gradient's size, so a
+    step smaller than that learning rate (a 6-bit step of a layer with small weights) can cross zero in a
+    single update, and LSQ's quantizer is undefined there. Runs in which no step ever crosses zero are
+    exactly those of the bare optimizer. ``train_epoch`` calls ``zero_grad`` and ``step``; give the
+    schedulers the wrapped optimizer.
+    """
+
+    def __init__(self, optimizer, step_params):
+        self.optimizer, self.step_params, self.halvings = optimizer, list(step_params), 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        before = [p.detach().clone() for p in self.step_params]
+        self.optimizer.step()
+        for p, old in zip(self.step_params, before):
+            crossed = p <= 0
+            if crossed.any():
+                p[crossed] = old[crossed] / 2
+                self.halvings += int(crossed.sum())
+
+
 def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0):
     """Per-step learning-rate factor: linear warm-up, then a cosine decay to zero."""
     def factor(step: int) -> float:

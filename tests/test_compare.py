@@ -45,3 +45,26 @@ def test_bad_points_are_refused():
         summary_table(POINTS + POINTS[:1])
     with pytest.raises(DataFileError, match="no points of method 'hessian'"):
         paired_differences(POINTS, method="hessian")
+
+
+def test_policy_summary_counts_differences_and_two_bit_layers():
+    from mpqlab.limpq.compare import policy_summary
+
+    def point(method, seed, policy):
+        return {"method": method, "budget_bits": 3, "seed": seed, "accuracy": 0.9, "policy": policy}
+
+    fixed = {"first": [8, 8]}
+    pts = [point("limpq", 0, {"a": [2, 2], "b": [4, 3], **fixed}), point("hessian", 0, {"a": [2, 2], "b": [6, 2], **fixed}),
+           point("limpq", 1, {"a": [6, 6], "b": [6, 6], **fixed}), point("random", 0, {"a": [3, 3], "b": [3, 3], **fixed}),
+           {"method": "float", "budget_bits": 32, "seed": 0, "accuracy": 0.92, "policy": None}]
+    table = policy_summary(pts, seed=0, layers=["a", "b"])
+    assert list(table.index) == [("hessian", 3), ("limpq", 3)]  # random and float are skipped
+    hessian = table.loc[("hessian", 3)]
+    assert hessian["layers differing from limpq"] == 1
+    assert (hessian["2-bit weights"], hessian["2-bit activations"]) == (1, 2)
+    assert hessian["mean w_bits"] == 4 and hessian["mean a_bits"] == 2
+    assert table.loc[("limpq", 3)]["layers differing from limpq"] == 0
+    with pytest.raises(DataFileError, match="layers"):
+        policy_summary(pts, seed=0, layers=["a", "zzz"])
+    with pytest.raises(DataFileError, match="seed 7"):
+        policy_summary(pts, seed=7, layers=["a"])

@@ -125,11 +125,12 @@ def test_run_writes_every_point_once_and_skips_them_on_a_rerun(tmp_path, monkeyp
     settings = Settings(budgets_bits=(3, 4), seeds=(0, 1), steps=7, batch_size=16, eval_images=100)
     methods = ("float", "uniform", "random", "limpq", "hessian")
 
-    def fake_finetune(fp_model, policy, splits, steps, lr, step_lr, batch_size, eval_images, seed, device):
+    def fake_finetune(fp_model, policy, splits, steps, lr, step_lr, batch_size, eval_images, seed, device, counts):
         if out.is_file():  # the file is valid JSON after every update
             json.loads(out.read_text())
         assert (steps, batch_size, eval_images) == (7, 16, 100)  # the settings reach the fine-tune
         no_training.append((policy, seed))
+        counts["step_halvings"] = 3 if seed == 1 else 0
         return 0.5
 
     monkeypatch.setattr(limpq_pareto, "finetune_policy", fake_finetune)
@@ -138,6 +139,7 @@ def test_run_writes_every_point_once_and_skips_them_on_a_rerun(tmp_path, monkeyp
     assert len(no_training) == len(result["points"]) == 2 * per_seed
     saved = json.loads(out.read_text())
     assert saved == result
+    assert {p["seed"]: p["step_halvings"] for p in saved["points"]} == {0: 0, 1: 3}  # each point records its guard
     assert (saved["settings"]["steps"], saved["settings"]["batch_size"], saved["settings"]["eval_images"]) == \
         (7, 16, 100)
     keys = {(p["method"], p["budget_bits"], p["seed"]) for p in saved["points"]}
@@ -161,7 +163,7 @@ def test_run_writes_every_point_once_and_skips_them_on_a_rerun(tmp_path, monkeyp
 def test_run_with_a_subset_of_seeds_keeps_the_settings(tmp_path, monkeypatch, no_training):
     out = tmp_path / "pareto.json"
     settings = Settings(budgets_bits=(4,), seeds=(0, 1, 2), steps=3)
-    monkeypatch.setattr(limpq_pareto, "finetune_policy", lambda *args: no_training.append(args[-2]) or 0.25)
+    monkeypatch.setattr(limpq_pareto, "finetune_policy", lambda *args, counts: no_training.append(args[-2]) or 0.25)
     result = run(settings, ("uniform",), out=out, seeds=[2])
     assert no_training == [2] and [p["seed"] for p in result["points"]] == [2]
     assert json.loads(out.read_text())["settings"]["seeds"] == [0, 1, 2]
@@ -184,6 +186,6 @@ def test_a_corrupt_result_file_is_a_clear_error(tmp_path):
 
 def test_run_without_a_file_keeps_every_point_in_memory(monkeypatch, no_training):
     settings = Settings(budgets_bits=(3, 4), seeds=(0, 1), steps=3)
-    monkeypatch.setattr(limpq_pareto, "finetune_policy", lambda *args: no_training.append(args[-2]) or 0.25)
+    monkeypatch.setattr(limpq_pareto, "finetune_policy", lambda *args, counts: no_training.append(args[-2]) or 0.25)
     result = run(settings, ("uniform",), out=None)
     assert len(result["points"]) == 4 and no_training == [0, 0, 1, 1]

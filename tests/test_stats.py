@@ -88,3 +88,20 @@ def test_verdict_words_a_loss_and_what_was_paired():
     assert verdict("depthwise", "pointwise", less, verb="loses more than").startswith("pointwise loses more than depthwise")
     noise = paired_difference([1.0, 2.0, 0.5], [1.2, 1.1, 1.0])
     assert "3 paired (pair, seed) runs)" in verdict("depthwise", "pointwise", noise, paired="paired (pair, seed) runs")
+
+
+def test_rank_correlation_orders_and_ties():
+    from mpqlab.stats import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # monotone but not linear: still 1
+    assert rank_correlation([1, 2, 3, 4], [1, 8, 27, 1000]) == pytest.approx(1.0)
+    # ties share their mean rank: ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4)
+    expected = np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
+    assert rank_correlation([0, 5, 5, 9], [1, 2, 3, 4]) == pytest.approx(expected)
+    assert rank_correlation([5, 9, 0, 5], [2, 4, 1, 3]) == pytest.approx(expected)  # same pairs, shuffled
+    with pytest.raises(TensorValueError):
+        rank_correlation([1, 1, 1], [1, 2, 3])
+    with pytest.raises(TensorValueError):
+        rank_correlation([1, 2], [1, 2, 3])

@@ -116,3 +116,39 @@ def test_train_epoch_over_an_endless_stream_needs_max_steps():
     model = torch.nn.Linear(3, 2)
     with pytest.raises(UsageError, match="max_steps"):
         train_epoch(model, repeat_epochs(loader), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_keep_steps_positive_halves_a_step_that_would_cross_zero():
+    import torch
+
+    from mpqlab.train import KeepStepsPositive
+
+    step, weight = torch.nn.Parameter(torch.tensor([0.004, 0.5])), torch.nn.Parameter(torch.tensor([1.0]))
+    guarded = KeepStepsPositive(torch.optim.SGD([step, weight], lr=1.0), [step])
+    step.grad, weight.grad = torch.tensor([0.01, 0.1]), torch.tensor([2.0])
+    guarded.step()
+    # the first step would reach -0.006: halved instead; the second moves as SGD says; weights are not guarded
+    assert torch.allclose(step.detach(), torch.tensor([0.002, 0.4]))
+    assert torch.allclose(weight.detach(), torch.tensor([-1.0]))
+    assert guarded.halvings == 1
+    guarded.zero_grad()
+    assert step.grad is None
+
+
+def test_keep_steps_positive_is_the_bare_optimizer_when_nothing_crosses():
+    import torch
+
+    from mpqlab.train import KeepStepsPositive
+
+    def run(wrap):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.rand(5) + 1)
+        opt = torch.optim.Adam([p], lr=1e-3)
+        opt = KeepStepsPositive(opt, [p]) if wrap else opt
+        for _ in range(20):
+            opt.zero_grad()
+            (p ** 2).sum().backward()
+            opt.step()
+        return p.detach()
+
+    assert torch.equal(run(True), run(False))

@@ -50,7 +50,7 @@ from mpqlab.experiments.cli import experiment_parser, parse_experiment_args
 from mpqlab.limpq.indicators import Indicators, indicators_from_dict, load_indicators
 from mpqlab.limpq.joint import lsq_policy_model
 from mpqlab.limpq.search import solve_policy, uniform_budget
-from mpqlab.train import cosine_schedule, evaluate, repeat_epochs, seed_everything, train_epoch
+from mpqlab.train import KeepStepsPositive, cosine_schedule, evaluate, repeat_epochs, seed_everything, train_epoch
 
 RESULTS = repo_data_dir() / "results" / "limpq_pareto.json"
 METHODS = ("float", "uniform", "limpq", "limpq_init", "hessian", "random")
@@ -98,18 +98,25 @@ def random_policy(ind: Indicators, budget: float, bit_options, rng: random.Rando
 
 
 def finetune_policy(fp_model, policy: dict | None, splits, steps: int, lr: float = 1e-4, step_lr: float = 1e-3,
-                    batch_size: int = 64, eval_images: int = 10_000, seed: int = 0, device: str = "cpu") -> float:
+                    batch_size: int = 64, eval_images: int = 10_000, seed: int = 0, device: str = "cpu",
+                    counts: dict | None = None) -> float:
     """LSQ at ``policy``'s bit-widths (None: the float model), ``steps`` Adam steps on seeded batches,
-    then accuracy on the first ``eval_images`` test images."""
+    then accuracy on the first ``eval_images`` test images.
+
+    An Adam update that would take a step size to zero or below halves it instead (``KeepStepsPositive``);
+    ``counts["step_halvings"]`` (if a dict is given) receives how often that happened."""
     seed_everything(seed)
     model = (lsq_policy_model(fp_model, policy) if policy is not None else _copy(fp_model)).to(device)
     steps_params = [p for n, p in model.named_parameters() if ".steps." in n or n.endswith(".step")]
     ids = {id(p) for p in steps_params}
     others = [p for p in model.parameters() if id(p) not in ids]
     optimizer = torch.optim.Adam([{"params": others, "lr": lr}, {"params": steps_params, "lr": step_lr}])
+    guarded = KeepStepsPositive(optimizer, steps_params)
     loader = make_loaders(splits, batch_size, seed)["train"]
-    train_epoch(model, repeat_epochs(loader), optimizer, device, cosine_schedule(optimizer, steps), max_steps=steps,
+    train_epoch(model, repeat_epochs(loader), guarded, device, cosine_schedule(optimizer, steps), max_steps=steps,
                 desc="fine-tune")
+    if counts is not None:
+        counts["step_halvings"] = guarded.halvings
     x, y = splits.test.tensors
     return evaluate(model, DataLoader(TensorDataset(x[:eval_images], y[:eval_images]), batch_size=500), device)
 
@@ -256,10 +263,11 @@ def run(settings: Settings, methods=METHODS, out: Path | None = RESULTS, device:
                     continue
                 row = {"method": method, "budget_bits": b, "seed": seed,
                        **policy_for(method, budget_bits, seed, settings, criteria)}
-                t = time.perf_counter()
+                t, counts = time.perf_counter(), {}
                 row["accuracy"] = finetune_policy(fp_model, row["policy"], splits, settings.steps, settings.lr,
                                                   settings.step_lr, settings.batch_size, settings.eval_images,
-                                                  seed, device)
+                                                  seed, device, counts=counts)
+                row["step_halvings"] = counts.get("step_halvings", 0)
                 row["seconds"] = time.perf_counter() - t
                 row["threads"] = torch.get_num_threads()
                 if row["policy"] is not None:

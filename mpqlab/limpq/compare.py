@@ -72,3 +72,32 @@ def difference_table(diffs: dict[tuple[str, int], Interval], method: str = "limp
 def verdicts(diffs: dict[tuple[str, int], Interval], method: str = "limpq") -> list[str]:
     """One computed sentence per comparison (``mpqlab.stats.verdict``)."""
     return [verdict(method, other, d, where=f"at the W{b}A{b} budget") for (other, b), d in diffs.items()]
+
+
+def policy_summary(points, seed: int, layers, reference: str = "limpq", skip=("float", "random")) -> pd.DataFrame:
+    """How the policies of seed ``seed`` differ, per (method, budget_bits): of the searched ``layers``, those
+    whose (w_bits, a_bits) differ from ``reference``'s at that budget, those at 2 bits on each side, and the
+    mean bit-widths.
+
+    The first conv and the classifier stay at 8 bits in every policy, so pass only the searched layers. The criteria's
+    policies do not depend on the seed (it only changes the fine-tune's data order), so one seed shows them.
+    """
+    frame = points_frame(points)
+    chosen = frame[(frame.seed == seed) & ~frame.method.isin(skip) & frame.policy.notna()]
+    if chosen.empty:
+        raise DataFileError(f"no policies for seed {seed} (methods other than {list(skip)})")
+    rows = {}
+    for (method, budget_bits), row in chosen.set_index(["method", "budget_bits"]).iterrows():
+        ref = chosen[(chosen.method == reference) & (chosen.budget_bits == budget_bits)]
+        if ref.empty:
+            raise DataFileError(f"no {reference} policy at {budget_bits} bits for seed {seed}")
+        ref_policy, layers = ref.policy.iloc[0], list(layers)
+        missing = [n for n in layers if n not in row.policy or n not in ref_policy]
+        if missing:
+            raise DataFileError(f"{method} @ {budget_bits} bits: no bit-widths for layers {missing}")
+        pairs = [tuple(row.policy[n]) for n in layers]
+        rows[(method, budget_bits)] = {
+            f"layers differing from {reference}": sum(p != tuple(ref_policy[n]) for p, n in zip(pairs, layers)),
+            "2-bit weights": sum(w == 2 for w, _ in pairs), "2-bit activations": sum(a == 2 for _, a in pairs),
+            "mean w_bits": sum(w for w, _ in pairs) / len(pairs), "mean a_bits": sum(a for _, a in pairs) / len(pairs)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["method", "budget_bits"]).sort_index()
