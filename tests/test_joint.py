@@ -252,3 +252,28 @@ def test_min_step_fraction_keeps_steps_above_their_floor(fp, batch):
     assert all(float(got[n]) >= floors[n] * (1 - 1e-6) for n in got)
     on_floor = sum(float(got[n]) == pytest.approx(floors[n], rel=1e-6) for n in got)
     assert 0 < on_floor < len(got)  # some were pushed down onto the floor, some moved up
+
+
+def test_without_the_random_pass_a_step_is_the_n_uniform_passes(fp, batch):
+    images, labels = batch
+    grads = {}
+    for random_pass in (True, False):
+        model = joint_model(fp, OPTIONS)
+        layers, _ = searchable_layers(model)
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        rng = random.Random(7)
+        losses = joint_step(model, layers, OPTIONS, images, labels, optimizer, rng, random_pass=random_pass)
+        assert len(losses) == len(OPTIONS) + random_pass
+        grads[random_pass] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        if not random_pass:
+            assert rng.random() == random.Random(7).random()  # the ablation draws nothing
+    # the summed gradients differ by the random pass's
+    assert any(not torch.allclose(grads[True][n], grads[False][n]) for n in grads[False])
+
+
+def test_training_without_the_random_pass_records_no_random_loss(fp, batch):
+    images, labels = batch
+    loader = DataLoader(TensorDataset(images.repeat(2, 1, 1, 1), labels.repeat(2)), batch_size=4)
+    _, history = train_joint(fp, loader, JointConfig(steps=2, batch_size=4, random_pass=False))
+    assert "loss_random" not in history.columns and "loss_2bit" in history.columns

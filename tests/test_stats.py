@@ -105,3 +105,10 @@ def test_rank_correlation_orders_and_ties():
         rank_correlation([1, 1, 1], [1, 2, 3])
     with pytest.raises(TensorValueError):
         rank_correlation([1, 2], [1, 2, 3])
+
+
+def test_intervals_work_for_many_pairs():
+    # Student's t tends to the normal: t_0.975 with 999 degrees of freedom is 1.9623
+    assert t_quantile(0.975, 999) == pytest.approx(1.9623, abs=1e-3)
+    d = paired_difference(np.arange(1000) % 3 + 1.0, np.zeros(1000))
+    assert d.n == 1000 and d.low < 2 < d.high

@@ -58,6 +58,7 @@ class JointConfig:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0  # on weights only (never on step sizes or BatchNorm)
     max_grad_norm: float | None = None  # clip each pass's gradient to this global norm (keeps its direction)
+    random_pass: bool = True  # False: the paper's ablation without the random pass (n passes per step, not n + 1)
 
 
 class SwitchableBatchNorm2d(nn.Module):
@@ -150,10 +151,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def joint_step(model, layers: list[str], bit_options, images, labels, optimizer, rng: random.Random,
                criterion=None, autocast: bool = False, step_floors: dict | None = None,
-               max_grad_norm: float | None = None) -> list[float]:
+               max_grad_norm: float | None = None, random_pass: bool = True) -> list[float]:
     """One LIMPQ step: n uniform passes plus one random pass, gradients summed, one optimizer step.
 
     Returns the n + 1 losses (uniform passes in ``bit_options`` order, then the random one).
+    ``random_pass=False`` is the paper's ablation (LIMPQ Table 6): the n uniform passes only, n losses.
     ``model`` may be a ``DistributedDataParallel``: every backward then averages the gradients over the
     processes (find_unused_parameters, since each pass uses one step size per layer), and ``rng`` must
     be seeded alike everywhere so that every process draws the same random pass.
@@ -170,7 +172,8 @@ def joint_step(model, layers: list[str], bit_options, images, labels, optimizer,
     optimizer.zero_grad(set_to_none=True)
     losses = []
     settings = [({n: b for n in layers}, {n: b for n in layers}) for b in bit_options]
-    settings.append(({n: rng.choice(bit_options) for n in layers}, {n: rng.choice(bit_options) for n in layers}))
+    if random_pass:
+        settings.append(({n: rng.choice(bit_options) for n in layers}, {n: rng.choice(bit_options) for n in layers}))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     total = None
     for w_bits, a_bits in settings:
@@ -317,10 +320,11 @@ def train_joint(fp_model: nn.Module, loader, config: JointConfig, device: str = 
     for step in tqdm(range(done, config.steps), desc="joint training", initial=done, total=config.steps):
         images, labels = next(batches)
         losses = joint_step(model, layers, options, images.to(device), labels.to(device), optimizer, rng,
-                            step_floors=floors, max_grad_norm=config.max_grad_norm)
+                            step_floors=floors, max_grad_norm=config.max_grad_norm, random_pass=config.random_pass)
         scheduler.step()
         rows.append({"step": step, **{f"loss_{b}bit": v for b, v in zip(options, losses)},
-                     "loss_random": losses[-1], "seconds": time.perf_counter() - start})
+                     **({"loss_random": losses[-1]} if config.random_pass else {}),
+                     "seconds": time.perf_counter() - start})
         if path is not None and (step + 1) % save_every == 0 and step + 1 < config.steps:
             state = {"config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": _plain_rng_state(rng.getstate()),
