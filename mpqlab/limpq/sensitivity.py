@@ -14,7 +14,10 @@ Here, the pure pieces of that study (the fine-tuning loop lives in
 - ``layer_steps``: read that layer's two learned steps ``s_w`` and ``s_a``;
 - ``values_per_level``: Figure 1, the distinct real values mapped onto each level;
 - ``normalised_degradation``: ``d_i = acc_ref - acc_i`` divided by ``max_j d_j``;
-- ``linear_fit``: least-squares ``y = slope * x + intercept`` per layer type (Figure 2's lines).
+- ``linear_fit``: least-squares ``y = slope * x + intercept`` per layer type (Figure 2's lines);
+- over seeds (``mpqlab.stats`` intervals): ``accuracy_drops`` and ``drop_by_layer`` against each seed's
+  control run, ``extra_losses`` and ``dw_minus_pw_extra_loss(_by_pair)`` for the claim "depthwise convs
+  lose more from 4 to 2 bits", ``step_ratio_summary`` for how far the fine-tune moved the steps.
 
 Introduced in notebook 09 (depthwise / pointwise sensitivity).
 """
@@ -28,6 +31,7 @@ from torch import nn
 from mpqlab.errors import PolicyError, TensorValueError, check_bits, check_positive
 from mpqlab.quant.lsq import LSQQuantizer, lsq_range
 from mpqlab.quant.policy import quantizable_layers, quantize_model
+from mpqlab.stats import Interval, mean_interval, paired_difference
 
 
 def quantize_single_layer(model: nn.Module, layer_name: str, bits: int) -> nn.Module:
@@ -108,3 +112,92 @@ def linear_fit(x, y) -> tuple[float, float]:
         raise TensorValueError(f"a line needs >= 2 points with distinct x; got x={x.tolist()}, y={y.tolist()}")
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     return slope, float(y.mean() - slope * x.mean())
+
+
+# Statistics over seeds, from the result dict of ``mpqlab.experiments.dw_pw_sensitivity``
+# (``{"controls": [{"seed", "accuracy", ...}], "runs": [{"layer", "pair", "kind", "bits", "seed", "accuracy", ...}]}``).
+# Accuracies there are fractions; the drops and losses below are in percentage points.
+
+
+def control_accuracy_by_seed(result: dict) -> dict[int, float]:
+    """``{seed: accuracy of that seed's control run}`` (the float model after the same fine-tune)."""
+    return {int(c["seed"]): float(c["accuracy"]) for c in result["controls"]}
+
+
+def accuracy_drops(result: dict) -> list[dict]:
+    """Every run row plus ``drop = 100 (acc_control(seed) - acc)``: points lost against the same seed's control."""
+    controls = control_accuracy_by_seed(result)
+    missing = sorted({r["seed"] for r in result["runs"]} - set(controls))
+    if missing:
+        raise TensorValueError(f"no control run for seed(s) {missing}; controls exist for {sorted(controls)}")
+    return [{**r, "drop": 100 * (controls[r["seed"]] - r["accuracy"])} for r in result["runs"]]
+
+
+def drop_by_layer(result: dict, level: float = 0.95) -> list[dict]:
+    """Per (layer, bits): mean +- sd over seeds of the accuracy drop in points, with its ``level`` interval.
+
+    One row per (layer, bits) in the order the runs were made: ``layer, pair, kind, bits, n, mean, sd, low, high``.
+    Needs at least 2 seeds per (layer, bits).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in accuracy_drops(result):
+        groups.setdefault((r["layer"], r["bits"]), []).append(r)
+    rows = []
+    for (layer, bits), runs in groups.items():
+        interval = mean_interval([r["drop"] for r in runs], level)
+        rows.append({"layer": layer, "pair": runs[0]["pair"], "kind": runs[0]["kind"], "bits": bits, "n": interval.n,
+                     "mean": interval.mean, "sd": interval.sd, "low": interval.low, "high": interval.high})
+    return rows
+
+
+def extra_losses(result: dict, high_bits: int = 4, low_bits: int = 2) -> list[dict]:
+    """Per (pair, seed): ``extra = 100 (acc(high_bits) - acc(low_bits))`` of the depthwise and of the pointwise conv.
+
+    The points a conv loses when its bits drop from ``high_bits`` to ``low_bits`` (LIMPQ, Sec. 3.3: depthwise
+    convs are said to lose more). Rows ``{"pair", "seed", "depthwise", "pointwise"}``, sorted by pair then seed.
+    The control cancels out, so it is not needed here.
+    """
+    acc = {(r["pair"], r["seed"], r["kind"], r["bits"]): r["accuracy"] for r in result["runs"]}
+    rows = []
+    for pair, seed in sorted({(p, s) for p, s, _, _ in acc}):
+        row = {"pair": pair, "seed": seed}
+        for kind in ("depthwise", "pointwise"):
+            keys = [(pair, seed, kind, bits) for bits in (high_bits, low_bits)]
+            absent = [k for k in keys if k not in acc]
+            if absent:
+                raise TensorValueError(f"pair {pair}, seed {seed}: no {kind} run at {absent[0][3]} bits, "
+                                       f"so its {high_bits} -> {low_bits} bit loss is unknown")
+            row[kind] = 100 * (acc[keys[0]] - acc[keys[1]])
+        rows.append(row)
+    return rows
+
+
+def dw_minus_pw_extra_loss(result: dict, high_bits: int = 4, low_bits: int = 2, level: float = 0.95) -> Interval:
+    """Paired interval of ``extra(depthwise) - extra(pointwise)`` in points over every (pair, seed).
+
+    > 0 and detectable: depthwise convs lose more accuracy from ``high_bits`` to ``low_bits`` than pointwise ones.
+    """
+    rows = extra_losses(result, high_bits, low_bits)
+    return paired_difference([r["depthwise"] for r in rows], [r["pointwise"] for r in rows], level)
+
+
+def dw_minus_pw_extra_loss_by_pair(result: dict, high_bits: int = 4, low_bits: int = 2,
+                                   level: float = 0.95) -> dict[int, Interval]:
+    """``{pair: paired interval of extra(depthwise) - extra(pointwise) over seeds}`` (needs >= 2 seeds)."""
+    by_pair: dict[int, list[dict]] = {}
+    for r in extra_losses(result, high_bits, low_bits):
+        by_pair.setdefault(r["pair"], []).append(r)
+    return {pair: paired_difference([r["depthwise"] for r in rows], [r["pointwise"] for r in rows], level)
+            for pair, rows in by_pair.items()}
+
+
+def step_ratio_summary(result: dict) -> dict[str, float]:
+    """``{"w_step": max |s_w / s_w_init - 1|, "a_step": max |s_a / s_a_init - 1|}`` over all runs.
+
+    How far the fine-tune moved LSQ's steps from their initial values ``2 mean|x| / sqrt(Q_P)``:
+    if barely at all, the "learned" steps mostly restate the initialisation.
+    """
+    runs = result["runs"]
+    if not runs:
+        raise TensorValueError("the result has no runs: there are no step ratios to summarise")
+    return {step: max(abs(r[step] / r[f"{step}_init"] - 1) for r in runs) for step in ("w_step", "a_step")}
