@@ -39,6 +39,8 @@ def test_models_get_the_intended_quantizers():
     assert isinstance(q.conv1.conv.w_quantizer, UniformQuantizer) and q.conv1.conv.w_quantizer.bits == 8
     assert isinstance(q.fc.w_quantizer, UniformQuantizer)
     assert isinstance(q.pw5.conv.w_quantizer, EqualPopulationWeightQuantizer) and q.pw5.conv.w_quantizer.bits == 2
+    full = study_model(model, "uniform_full_range", 2, 8)
+    assert not full.pw5.conv.w_quantizer.observer.narrow and q.conv1.conv.w_quantizer.bits == 8
     p = profile_model(model, "CONVEX")
     assert isinstance(p.conv1.conv.w_quantizer, WeightedEntropyWeightQuantizer) and p.conv1.conv.w_quantizer.bits == 4
     assert p.fc.w_quantizer.bits == 4 and p.pw7.conv.w_quantizer.bits == 2
@@ -57,13 +59,21 @@ def test_script_smoke_on_a_tiny_budget(tmp_path, monkeypatch, splits):
     save_checkpoint(tmp_path / "mobilenet_v1_small.pt", mobilenet_v1_small().state_dict(), {"note": "random init"})
     monkeypatch.setenv("MPQLAB_CHECKPOINTS", str(tmp_path))
     settings = Settings(methods=("weighted_entropy",), w_bits=(2,), profiles=("DEC",),
-                        steps=2, batch_size=8, eval_images=50)
+                        steps=2, batch_size=8, eval_images=50, seeds=(0, 1))
     out = tmp_path / "we.json"
     result = run(settings, splits=splits, out=out)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [(r["method"], r["w_bits"]) for r in saved["methods"]] == [("weighted_entropy", 2)]
-    assert saved["profiles"][0]["profile"] == "DEC" and saved["profiles"][0]["mean_bits"] == 3.0
+    assert [(r["method"], r["w_bits"], r["seed"]) for r in saved["methods"]] == [("weighted_entropy", 2, 0),
+                                                                                ("weighted_entropy", 2, 1)]
+    assert [(r["profile"], r["seed"]) for r in saved["profiles"]] == [("DEC", 0), ("DEC", 1)]
+    assert saved["profiles"][0]["mean_bits"] == 3.0
     for row in saved["methods"] + saved["profiles"]:
         assert 0.0 <= row["ptq_accuracy"] <= 1.0 and 0.0 <= row["finetuned_accuracy"] <= 1.0
-    assert saved["settings"]["steps"] == 2 and saved["seed"] == 0 and saved["cpu_seconds"] > 0 and saved["timestamp"]
+    assert saved["settings"]["steps"] == 2 and saved["seeds"] == [0, 1] and saved["complete"]
+    assert saved["cpu_seconds"] > 0 and saved["timestamp"]
+    # a stopped run continues: drop seed 1's profile, and only that configuration runs again
+    out.write_text(json.dumps(dict(saved, profiles=saved["profiles"][:1], complete=False)))
+    resumed = run(settings, splits=splits, out=out)
+    assert resumed["methods"] == saved["methods"] and resumed["profiles"][0] == saved["profiles"][0]
+    assert len(resumed["profiles"]) == 2 and resumed["complete"]

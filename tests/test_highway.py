@@ -113,15 +113,21 @@ def test_script_smoke_on_a_tiny_budget(tmp_path, monkeypatch, splits):
     save_checkpoint(tmp_path / "resnet20.pt", resnet20().state_dict(), {"note": "random init"})
     monkeypatch.setenv("MPQLAB_CHECKPOINTS", str(tmp_path))
     settings = Settings(bits=(2,), skips=("quantized", "float"), steps=2, batch_size=8, calib_images=16,
-                        eval_images=50, curve_images=20)
+                        eval_images=50, curve_images=20, seeds=(0, 1))
     parts = (splits.train, splits.val, splits.test)
     small = Splits(*(TensorDataset(*(t[:64] for t in part.tensors)) for part in parts))
     out = tmp_path / "ph.json"
     result = run(settings, splits=small, out=out)  # a 64-image training set keeps fine_tune's BN re-estimation quick
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
-    runs = [(r["bits"], r["skip"], r["skip_bits"]) for r in saved["runs"]]
-    assert runs == [(2, "quantized", 2), (2, "float", None)]
+    runs = [(r["bits"], r["skip"], r["skip_bits"], r["seed"]) for r in saved["runs"]]
+    assert runs == [(2, "quantized", 2, 0), (2, "float", None, 0), (2, "quantized", 2, 1), (2, "float", None, 1)]
     for row in saved["runs"]:
         assert 0.0 <= row["start_accuracy"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0 and row["fine_tune_steps"] == 2
-    assert saved["settings"]["steps"] == 2 and saved["seed"] == 0 and saved["seconds"] > 0 and saved["timestamp"]
+    assert saved["settings"]["steps"] == 2 and saved["seeds"] == [0, 1] and saved["complete"]
+    assert saved["seconds"] > 0 and saved["timestamp"]
+    # a stopped run continues: drop the last run, and only that one is run again
+    partial = dict(saved, runs=saved["runs"][:-1], complete=False)
+    out.write_text(json.dumps(partial))
+    resumed = run(settings, splits=small, out=out)
+    assert resumed["runs"][:-1] == saved["runs"][:-1] and len(resumed["runs"]) == 4 and resumed["complete"]

@@ -13,7 +13,7 @@ from mpqlab.errors import BitWidthError, QuantParamError, TensorValueError
 from mpqlab.quant.observers import EMAMinMaxObserver, MinMaxObserver
 from mpqlab.quant.uniform import (
     UniformQuantizer, default_act_quantizer, default_weight_quantizer, dequantize, fake_quantize,
-    qparams_from_range, quant_range, quantize,
+    full_range_weight_quantizer, qparams_from_range, quant_range, quantize,
 )
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -235,9 +235,79 @@ def test_default_factories():
     w_q = default_weight_quantizer(4, "conv", None)
     assert w_q.mode == "dynamic" and w_q.bits == 4
     assert (w_q.observer.symmetric, w_q.observer.signed, w_q.observer.ch_axis) == (True, True, 0)
+    assert w_q.observer.narrow and (w_q.observer.q_min, w_q.observer.q_max) == (-7, 7)
     a_q = default_act_quantizer(6, "conv", None)
     assert a_q.mode == "static" and isinstance(a_q.observer, EMAMinMaxObserver)
     assert (a_q.observer.symmetric, a_q.observer.signed, a_q.observer.ch_axis) == (False, False, None)
+
+
+def _per_channel_codes(w, scale, q_min, q_max):
+    return quantize(w, scale, torch.zeros(len(scale), dtype=torch.int32), q_min, q_max, ch_axis=0)
+
+
+def test_default_weight_grid_is_the_restricted_range():
+    # 4 bits: codes in [-7, 7], scale_c = max|w_c| / 7, and each channel's largest |w| is on the grid exactly
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3) * torch.linspace(0.1, 3.0, 6)[:, None, None, None]
+    w_q = default_weight_quantizer(4)
+    w_hat = w_q(w)
+    scale, zero_point = w_q.observer.compute_qparams()
+    max_abs = w.reshape(6, -1).abs().amax(dim=1)  # (C,)
+    assert torch.allclose(scale, max_abs / 7) and torch.equal(zero_point, torch.zeros(6, dtype=torch.int32))
+    codes = _per_channel_codes(w, scale, -7, 7)
+    assert codes.min() >= -7 and codes.max() <= 7
+    assert set(codes.reshape(6, -1).abs().amax(dim=1).tolist()) == {7}  # every channel reaches its top code
+    assert torch.allclose(w_hat.reshape(6, -1).abs().amax(dim=1), max_abs)
+    assert torch.equal(w_hat, fake_quantize(w, scale, zero_point, -7, 7, ch_axis=0))
+    # the grid is symmetric: quantizing -w gives exactly -w_hat
+    assert torch.equal(default_weight_quantizer(4)(-w), -w_hat)
+
+
+def test_default_weight_grid_at_8_bits_is_int8_127():
+    w = torch.tensor([[-0.5, 0.25, 1.0], [2.0, -4.0, 0.0]])
+    w_q = default_weight_quantizer(8)
+    w_q(w)
+    scale, _ = w_q.observer.compute_qparams()
+    assert (w_q.observer.q_min, w_q.observer.q_max) == (-127, 127)
+    assert torch.allclose(scale, torch.tensor([1.0, 4.0]) / 127)
+
+
+def test_full_range_weight_grid_is_still_available():
+    torch.manual_seed(1)
+    w = torch.randn(5, 8)
+    max_abs = w.abs().amax(dim=1)
+    for w_q in (full_range_weight_quantizer(4), default_weight_quantizer(4, narrow=False)):
+        w_hat = w_q(w)
+        scale, _ = w_q.observer.compute_qparams()
+        assert not w_q.observer.narrow and (w_q.observer.q_min, w_q.observer.q_max) == (-8, 7)
+        assert torch.allclose(scale, max_abs / 7.5)
+        assert torch.equal(w_hat, fake_quantize(w, scale, torch.zeros_like(scale, dtype=torch.int32), -8, 7, ch_axis=0))
+        codes = _per_channel_codes(w, scale, -8, 7)
+        assert codes.min() >= -8 and codes.max() <= 7
+    # the largest |w| of each channel sits halfway between two codes: it moves by half a step
+    top_error = (w_hat - w).abs().gather(1, w.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    assert torch.allclose(top_error, scale / 2, rtol=1e-5)
+
+
+def test_restricted_weight_grid_needs_two_bits():
+    with pytest.raises(BitWidthError, match="narrow"):
+        default_weight_quantizer(1)
+    w_q = default_weight_quantizer(2)
+    with pytest.raises(BitWidthError, match="from 2 to 16, got 1"):
+        w_q.bits = 1  # refused at once, not at the next forward
+    assert w_q.bits == 2
+    assert full_range_weight_quantizer(1).bits == 1  # the full range keeps its 1-bit grid {-1, 0}
+
+
+def test_quantize_model_uses_the_restricted_weight_grid_by_default():
+    from mpqlab.quant.policy import quantize_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    qmodel = quantize_model(model, {"0": (4, 8), "2": (3, None)})
+    assert (qmodel[0].w_quantizer.observer.q_min, qmodel[0].w_quantizer.observer.q_max) == (-7, 7)
+    assert (qmodel[2].w_quantizer.observer.q_min, qmodel[2].w_quantizer.observer.q_max) == (-3, 3)
+    full = quantize_model(model, {"0": (4, 8)}, weight_quantizer=full_range_weight_quantizer)
+    assert (full[0].w_quantizer.observer.q_min, full[0].w_quantizer.observer.q_max) == (-8, 7)
 
 
 def test_float16_is_quantized_in_float32_and_returned_as_float16():

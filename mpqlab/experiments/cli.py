@@ -36,6 +36,30 @@ def report_written(out: Path, result: dict) -> None:
     print(f"wrote {out} in {result['seconds']:.0f} s")
 
 
+def resumable_result(settings, out: Path | None) -> dict | None:
+    """The partial result in ``out`` if it was made with exactly these ``settings`` (a dataclass), else None.
+
+    Scripts that write each finished point as it finishes call this first, keep the points already in the
+    file, and run only the rest: a stopped precompute continues where it stopped. Other settings, or a file
+    that is not JSON, mean starting afresh (said on stdout, never silently mixed).
+    """
+    import json
+    from dataclasses import asdict
+
+    if out is None or not Path(out).exists():
+        return None
+    try:
+        saved = json.loads(Path(out).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"{out} is not readable JSON ({err}): starting afresh", flush=True)
+        return None
+    wanted = json.loads(json.dumps(asdict(settings)))  # tuples become lists, as in the file
+    if saved.get("settings") != wanted:
+        print(f"{out} was made with other settings ({saved.get('settings')}): starting afresh", flush=True)
+        return None
+    return saved
+
+
 def finish_result(result: dict, start: float, out: Path | None) -> dict:
     """Stamp a finished run with its wall ``seconds`` (since ``time.perf_counter()`` was ``start``) and
     a UTC ``timestamp``, and write it atomically to ``out`` (unless None). Returns ``result``."""

@@ -25,7 +25,6 @@ writes ``data/results/dw_pw_sensitivity.json`` (one thread; the file records its
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import UsageError
-from mpqlab.experiments.cli import experiment_parser, finish_result, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (
+    experiment_parser, finish_result, parse_experiment_args, report_written, resumable_result,
+)
 from mpqlab.limpq.sensitivity import initialize_steps, layer_steps, quantize_single_layer
 from mpqlab.train import cosine_schedule, evaluate, seed_everything, train_epoch
 
@@ -123,22 +124,6 @@ def planned_runs(settings: Settings) -> list[tuple[str, int, int]]:
     """Every (layer, bits, seed) to run, seed by seed, so a stopped precompute leaves whole seeds behind it."""
     return [(f"{kind}{pair}.conv", bits, seed) for seed in settings.seeds for pair in settings.pairs
             for kind in ("dw", "pw") for bits in settings.bits]
-
-
-def resumable_result(settings: Settings, out: Path | None) -> dict | None:
-    """The partial result in ``out`` if it was made with exactly these settings, else None (start afresh)."""
-    if out is None or not Path(out).exists():
-        return None
-    try:
-        saved = json.loads(Path(out).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        print(f"{out} is not readable JSON ({err}): starting afresh", flush=True)
-        return None
-    wanted = json.loads(json.dumps(asdict(settings)))  # tuples become lists, as in the file
-    if saved.get("settings") != wanted:
-        print(f"{out} was made with other settings ({saved.get('settings')}): starting afresh", flush=True)
-        return None
-    return saved
 
 
 def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None = RESULTS) -> dict:

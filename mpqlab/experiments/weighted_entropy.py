@@ -9,11 +9,15 @@ Two studies on the shipped MobileNetV1-small, weights quantized only (activation
 2. *Layer sensitivity*: four per-layer bit-width profiles over the network's depth (``bit_profile``:
    DEC, INC, CONVEX, CONCAVE), every layer on weighted-entropy levels, all with the same mean of 3 bits.
 
-Every configuration starts from the same checkpoint and sees the same seeded batches. Run
+Every configuration starts from the same checkpoint and is fine-tuned once per seed; a seed fixes the
+data order, and every configuration runs with the same seeds, so the accuracies of one seed are paired and
+the notebook compares configurations within pairs (``mpqlab.stats``). Run
 
-    python -m mpqlab.experiments.weighted_entropy [--steps 100] [--eval-images N] [--out PATH]
+    python -m mpqlab.experiments.weighted_entropy [--steps 100] [--seeds 0 1 2] [--eval-images N] [--out PATH]
 
-to rewrite ``data/results/weighted_entropy.json`` (one thread; the file records ``cpu_seconds``).
+to rewrite ``data/results/weighted_entropy.json`` after every finished configuration (one thread; the file
+records the wall ``seconds`` and ``cpu_seconds``). A stopped run continues where it stopped if the settings
+are the same.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from mpqlab.checkpoint import atomic_write_json, load_pretrained
 from mpqlab.data import fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import PolicyError
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written, resumable_result
 from mpqlab.quant.policy import quantizable_layers, quantize_model
 from mpqlab.quant.quantizer import Quantizer
-from mpqlab.quant.uniform import default_weight_quantizer
+from mpqlab.quant.uniform import default_weight_quantizer, full_range_weight_quantizer
 from mpqlab.quant.weighted_entropy import equal_population_levels, quantize_to_levels, we_weight_quantizer
 from mpqlab.train import cosine_schedule, evaluate, seed_everything, train_epoch
 
@@ -53,7 +57,7 @@ class Settings:
     lr: float = 0.01  # SGD, momentum 0.9, cosine decay to 0, no weight decay
     batch_size: int = 128
     eval_images: int | None = None  # test images to score on; None = all 10,000
-    seed: int = 0
+    seeds: tuple = (0, 1, 2)  # each seed: one data order, the same for every configuration
 
 
 class EqualPopulationWeightQuantizer(Quantizer):
@@ -67,7 +71,8 @@ class EqualPopulationWeightQuantizer(Quantizer):
 
 
 METHODS = {
-    "uniform": default_weight_quantizer,
+    "uniform": default_weight_quantizer,  # restricted range: at 2 bits the ternary grid {-1, 0, 1} * max|w_c|
+    "uniform_full_range": full_range_weight_quantizer,  # not in the study; notebook 03 compares its PTQ live
     "equal_population": lambda bits, name, layer: EqualPopulationWeightQuantizer(bits),
     "weighted_entropy": we_weight_quantizer,
 }
@@ -121,13 +126,13 @@ def scoring_loader(splits, eval_images: int | None) -> DataLoader:
     return DataLoader(TensorDataset(x[:n], y[:n]), batch_size=1000)
 
 
-def fine_tune_and_score(qmodel, settings: Settings, splits, device: str = "cpu") -> dict:
-    """PTQ accuracy, then ``settings.steps`` STE steps on seeded batches, then the accuracy again."""
+def fine_tune_and_score(qmodel, settings: Settings, splits, device: str = "cpu", seed: int = 0) -> dict:
+    """PTQ accuracy, then ``settings.steps`` STE steps on batches in ``seed``'s order, then the accuracy again."""
     start = time.perf_counter()
     scorer = scoring_loader(splits, settings.eval_images)
     ptq = evaluate(qmodel, scorer, device)
-    seed_everything(settings.seed)
-    loader = make_loaders(splits, settings.batch_size, settings.seed)["train"]
+    seed_everything(seed)
+    loader = make_loaders(splits, settings.batch_size, seed)["train"]
     optimizer = torch.optim.SGD(qmodel.parameters(), lr=settings.lr, momentum=0.9)
     loss = train_epoch(qmodel, loader, optimizer, device, cosine_schedule(optimizer, settings.steps),
                        max_steps=settings.steps, desc="fine-tune")
@@ -140,30 +145,63 @@ def weight_kbit(qmodel) -> float:
     return sum(m.weight.numel() * m.w_quantizer.bits for m in qmodel.modules() if hasattr(m, "w_quantizer")) / 1e3
 
 
+def planned_runs(settings: Settings) -> list[tuple[str, str, int, int]]:
+    """Every (study, method or profile, w_bits or 0, seed), seed by seed: a stopped run leaves whole seeds."""
+    runs = []
+    for seed in settings.seeds:
+        runs += [("methods", method, w_bits, seed) for w_bits in settings.w_bits for method in settings.methods]
+        runs += [("profiles", profile, 0, seed) for profile in settings.profiles]
+    return runs
+
+
+def run_key(study: str, row: dict) -> tuple[str, str, int, int]:
+    return ((study, row["method"], row["w_bits"], row["seed"]) if study == "methods"
+            else (study, row["profile"], 0, row["seed"]))
+
+
 def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None = RESULTS) -> dict:
-    """Both studies; writes the JSON to ``out`` (atomically) unless ``out`` is None, and returns it."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    """Both studies for every seed; ``out`` (unless None) is rewritten atomically after each configuration.
+
+    Configurations already in ``out`` from the same settings are kept, so a stopped precompute continues.
+    """
+    saved = resumable_result(settings, out) or {}
+    start = time.perf_counter() - saved.get("seconds", 0.0)  # both add up over resumed sessions
+    cpu_start = time.process_time() - saved.get("cpu_seconds", 0.0)
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
     names = quantizable_layers(fp_model)
-    result = {"script": "python -m mpqlab.experiments.weighted_entropy", "seed": settings.seed,
+    float_accuracy = saved.get("float_accuracy")
+    if float_accuracy is None:
+        float_accuracy = evaluate(fp_model, scoring_loader(splits, settings.eval_images), device)
+    result = {"script": "python -m mpqlab.experiments.weighted_entropy", "seeds": list(settings.seeds),
               "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "float_accuracy": evaluate(fp_model, scoring_loader(splits, settings.eval_images), device),
-              "layers": names, "methods": [], "profiles": []}
-    for w_bits in settings.w_bits:
-        for method in settings.methods:
-            qmodel = study_model(fp_model, method, w_bits, settings.first_last_bits)
-            row = {"method": method, "w_bits": w_bits, "weight_kbit": weight_kbit(qmodel)}
-            result["methods"].append(row | fine_tune_and_score(qmodel, settings, splits, device))
-            print(f"{method:>17s} W{w_bits}: {result['methods'][-1]}", flush=True)
-    for profile in settings.profiles:
-        bits = bit_profile(profile, len(names), settings.profile_bits)
-        qmodel = profile_model(fp_model, profile, settings.profile_bits)
-        row = {"profile": profile, "bits": bits, "mean_bits": float(np.mean(bits)), "weight_kbit": weight_kbit(qmodel)}
-        result["profiles"].append(row | fine_tune_and_score(qmodel, settings, splits, device))
-        print(f"{profile:>8s}: {result['profiles'][-1]}", flush=True)
-    result["seconds"] = time.perf_counter() - start  # wall clock: long on a busy machine
-    result["cpu_seconds"] = time.process_time() - cpu_start  # what the run costs on an idle core
+              "float_accuracy": float_accuracy, "layers": names, "complete": False,
+              "methods": saved.get("methods", []), "profiles": saved.get("profiles", [])}
+    done = {run_key(study, row) for study in ("methods", "profiles") for row in result[study]}
+    todo = [key for key in planned_runs(settings) if key not in done]
+    if saved:
+        print(f"resuming {out}: {len(done)} configurations kept, {len(todo)} to go", flush=True)
+
+    def save():
+        result["seconds"] = time.perf_counter() - start  # wall clock: long on a busy machine
+        result["cpu_seconds"] = time.process_time() - cpu_start  # what the run costs on an idle core
+        if out is not None:
+            atomic_write_json(out, result)
+
+    for study, name, w_bits, seed in todo:
+        if study == "methods":
+            qmodel = study_model(fp_model, name, w_bits, settings.first_last_bits)
+            row = {"method": name, "w_bits": w_bits, "seed": seed, "weight_kbit": weight_kbit(qmodel)}
+        else:
+            bits = bit_profile(name, len(names), settings.profile_bits)
+            qmodel = profile_model(fp_model, name, settings.profile_bits)
+            row = {"profile": name, "bits": bits, "seed": seed, "mean_bits": float(np.mean(bits)),
+                   "weight_kbit": weight_kbit(qmodel)}
+        result[study].append(row | fine_tune_and_score(qmodel, settings, splits, device, seed))
+        save()
+        print(f"seed {seed} {name:>17s}{f' W{w_bits}' if w_bits else ''}: {result[study][-1]}", flush=True)
+    result["complete"] = True
+    save()
     result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if out is not None:
         atomic_write_json(out, result)
@@ -174,8 +212,10 @@ def main(argv=None) -> None:
     parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--steps", type=int, default=Settings.steps, help="fine-tune steps per configuration")
     parser.add_argument("--eval-images", type=int, default=None, help="score on the first N test images (default all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(Settings.seeds),
+                        help="seeds (data order), the same for every configuration")
     args = parse_experiment_args(parser, argv)
-    result = run(Settings(steps=args.steps, eval_images=args.eval_images), out=args.out)
+    result = run(Settings(steps=args.steps, eval_images=args.eval_images, seeds=tuple(args.seeds)), out=args.out)
     report_written(args.out, result)
 
 

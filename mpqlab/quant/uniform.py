@@ -6,6 +6,7 @@
 ``fake_quantize`` does both at once and keeps the result in float, with the straight-through
 estimator (STE) backward: gradient 1 where x fell inside the clipping range, 0 where it was
 clipped. Per-channel quantization gives every slice along ``ch_axis`` its own scale and zero point.
+Weights default to the restricted signed range [-(2^(b-1) - 1), 2^(b-1) - 1] (``default_weight_quantizer``).
 
 References: Gholami et al. 2021, "A Survey of Quantization Methods for Efficient Neural Network
 Inference", Sec. III-A/B; Jacob et al. 2018, "Quantization and Training of Neural Networks for
@@ -177,6 +178,8 @@ class UniformQuantizer(Quantizer):
     """
 
     def __init__(self, observer, mode: str = "dynamic"):
+        # a narrow 1-bit grid would hold the single code 0: refuse bits=1 at once, also on later assignment
+        self.min_bits = 2 if getattr(observer, "narrow", False) else 1
         super().__init__(observer.bits)
         if mode not in ("dynamic", "static"):
             raise QuantParamError(f"mode must be 'dynamic' or 'static', got {mode!r}")
@@ -231,11 +234,36 @@ class UniformQuantizer(Quantizer):
         return f"bits={self.bits}, mode={self.mode}" + (f" ({state})" if self.mode == "static" else "")
 
 
-def default_weight_quantizer(bits: int, name: str, layer) -> UniformQuantizer:
-    """Weights: symmetric, signed, per output channel (``ch_axis=0``), min-max, recomputed every step."""
+def default_weight_quantizer(bits: int, name: str = "", layer=None, *, narrow: bool = True) -> UniformQuantizer:
+    """Weights: symmetric, signed, per output channel (``ch_axis=0``), min-max, recomputed every step.
+
+    The grid is the *restricted* ("narrow") signed range by default, symmetric around 0 (int8: [-127, 127],
+    4 bits: [-7, 7]); for output channel c
+
+        q_max = 2^(b-1) - 1,   scale_c = max|w_c| / q_max,   zero_point = 0,
+        w_hat = scale_c * clamp(round(w / scale_c), -q_max, q_max),
+
+    so each channel's largest |w| lands exactly on the top or bottom code, and every code can be negated.
+    That is the weight range of Jacob et al. 2018 and of its gemmlowp / TensorFlow Lite implementation,
+    [-127, 127] at 8 bits; ``mpqlab.quant.integer.quantize_weight`` uses the same grid.
+
+    ``narrow=False`` gives the *full* range [-2^(b-1), 2^(b-1) - 1] (int8: [-128, 127]) with
+    scale_c = max|w_c| / (2^(b-1) - 1/2) (4 bits: max|w_c| / 7.5): the channel's largest |w| falls halfway
+    between two codes and moves by half a step. ``full_range_weight_quantizer`` is the same as a factory.
+    The restricted range needs ``bits >= 2`` (BitWidthError otherwise: 1 bit would leave the single code 0).
+    """
     from mpqlab.quant.observers import MinMaxObserver  # here, not at the top: observers.py imports this module
 
-    return UniformQuantizer(MinMaxObserver(bits, symmetric=True, signed=True, ch_axis=0), mode="dynamic")
+    observer = MinMaxObserver(bits, symmetric=True, signed=True, narrow=narrow, ch_axis=0)
+    return UniformQuantizer(observer, mode="dynamic")
+
+
+def full_range_weight_quantizer(bits: int, name: str = "", layer=None) -> UniformQuantizer:
+    """``default_weight_quantizer`` on the full signed range [-2^(b-1), 2^(b-1) - 1]: the comparison grid.
+
+    scale_c = max|w_c| / (2^(b-1) - 1/2), zero_point = 0; at 4 bits the grid is {-8, ..., 7} * max|w_c| / 7.5.
+    """
+    return default_weight_quantizer(bits, name, layer, narrow=False)
 
 
 def default_act_quantizer(bits: int, name: str, layer) -> UniformQuantizer:

@@ -1,6 +1,6 @@
 """The quantizer explorer of notebook 01: a uniform grid drawn over a real tensor, and what it costs.
 
-``explore_quantizer(x, bits, symmetric, per_channel, method, ch_axis)`` is the pure function (tested in
+``explore_quantizer(x, bits, symmetric, per_channel, method, ch_axis, narrow)`` is the pure function (tested in
 ``tests/test_widgets_quantizer_explorer.py``). An observer of ``mpqlab.quant`` measures the clipping
 range with the chosen calibration method, ``fake_quantize`` maps ``x`` onto the grid, and the error is
 
@@ -12,7 +12,15 @@ and, because a tensor's MSE is dominated by its largest channels, also per chann
 
 (a channel rounded to all zeros has error 1, however small its values).
 
-Symmetric grids are signed (zero point 0), asymmetric grids unsigned with a zero point.
+Symmetric grids are signed (zero point 0), asymmetric grids unsigned with a zero point. A symmetric grid
+is the *restricted* signed range by default, as the workbook's weight quantizer
+(``mpqlab.quant.uniform.default_weight_quantizer``, Jacob et al. 2018):
+
+    restricted (narrow=True):  q in [-(2^(b-1) - 1), 2^(b-1) - 1],  scale = max|x| / (2^(b-1) - 1)
+    full range (narrow=False): q in [-2^(b-1), 2^(b-1) - 1],        scale = max|x| / (2^(b-1) - 1/2)
+
+e.g. 4 bits: [-7, 7] with scale max|x| / 7, or [-8, 7] with max|x| / 7.5 (min-max shown; the other methods
+shrink max|x|). Asymmetric grids always use all 2^b codes.
 ``plot_quantizer`` draws the result; ``quantizer_explorer_panel`` only wires controls to the two.
 """
 
@@ -46,6 +54,7 @@ class ExplorerResult:
     symmetric: bool
     per_channel: bool
     method: str
+    narrow: bool  # restricted signed range [-(2^(b-1) - 1), 2^(b-1) - 1]; always False for asymmetric grids
     scale: torch.Tensor  # () per-tensor, (C,) per-channel
     zero_point: torch.Tensor  # same shape, int32
     q_min: int
@@ -68,6 +77,13 @@ class ExplorerResult:
             raise QuantParamError("a per-channel quantizer has one grid per channel; grid() is per-tensor only")
         return self.scale * (torch.arange(self.q_min, self.q_max + 1) - self.zero_point).float()
 
+    @property
+    def range_name(self) -> str:
+        """"restricted" or "full range" for a symmetric grid, "" for an asymmetric one (always the full 2^b codes)."""
+        if not self.symmetric:
+            return ""
+        return "restricted" if self.narrow else "full range"
+
     def summary(self) -> str:
         return (f"MSE: {self.mse:.3e}, levels used: {self.levels_used} of {self.levels}, "
                 f"clip: [{self.clip_low:.3g}, {self.clip_high:.3g}], clipped: {100 * self.clipped_fraction:.2f}%, "
@@ -75,25 +91,32 @@ class ExplorerResult:
 
 
 def explore_quantizer(x: torch.Tensor, bits: int, symmetric: bool = True, per_channel: bool = False,
-                      method: str = "minmax", ch_axis: int = 0) -> ExplorerResult:
+                      method: str = "minmax", ch_axis: int = 0, narrow: bool = True) -> ExplorerResult:
     """Calibrate a ``bits``-bit uniform quantizer on ``x`` with ``method`` and measure it on ``x``.
 
     ``ch_axis`` is the channel axis used when ``per_channel`` (0 for conv weights, 1 for activations).
+    ``narrow`` chooses a symmetric grid's signed range: restricted [-(2^(b-1) - 1), 2^(b-1) - 1] (default,
+    the grid of ``default_weight_quantizer``; 4 bits: [-7, 7]) or, with ``narrow=False``, the full range
+    [-2^(b-1), 2^(b-1) - 1] (4 bits: [-8, 7]). Asymmetric grids ignore it (``result.narrow`` is then False).
     Raises BitWidthError / QuantParamError / TensorValueError for bad controls or data, e.g. KL
-    calibration per channel (TensorRT's entropy calibration is defined per tensor).
+    calibration per channel (TensorRT's entropy calibration is defined per tensor), or a restricted
+    1-bit grid (it would hold the single code 0).
     """
     check_tensor(x, name="x")
     if method not in METHODS:
         raise QuantParamError(f"unknown calibration method {method!r}; choose from {sorted(METHODS)}")
+    if not isinstance(narrow, bool):
+        raise QuantParamError(f"narrow must be True (restricted range) or False (full range), got {narrow!r}")
+    narrow = narrow and symmetric  # an asymmetric (unsigned) grid always uses all 2^b codes
     x = x.detach().float()
     axis = ch_axis if per_channel else None
     if method == "kl":
         if per_channel:
             raise QuantParamError("KL calibration works per tensor (one histogram); choose per-tensor, "
                                   "or another method for per-channel")
-        observer = KLObserver(bits, symmetric=symmetric, signed=symmetric)
+        observer = KLObserver(bits, symmetric=symmetric, signed=symmetric, narrow=narrow)
     else:
-        observer = METHODS[method][1](bits, symmetric=symmetric, signed=symmetric, ch_axis=axis)
+        observer = METHODS[method][1](bits, symmetric=symmetric, signed=symmetric, narrow=narrow, ch_axis=axis)
     observer(x)
     scale, zero_point = observer.compute_qparams()
     q_min, q_max = observer.q_min, observer.q_max
@@ -115,7 +138,7 @@ def explore_quantizer(x: torch.Tensor, bits: int, symmetric: bool = True, per_ch
     power = rows.pow(2).mean(dim=1)
     per_channel_error = (rows_hat - rows).pow(2).mean(dim=1) / power.clamp(min=torch.finfo(power.dtype).tiny)
     return ExplorerResult(
-        bits=observer.bits, symmetric=symmetric, per_channel=per_channel, method=method,
+        bits=observer.bits, symmetric=symmetric, per_channel=per_channel, method=method, narrow=narrow,
         scale=scale, zero_point=zero_point, q_min=q_min, q_max=q_max, x_hat=x_hat,
         mse=float((x_hat.double() - x.double()).pow(2).mean()),  # float64: squares of large values overflow float32
         channel_error=float(per_channel_error.mean()),
@@ -142,7 +165,8 @@ def plot_quantizer(result: ExplorerResult, x: torch.Tensor, title: str = "", max
     ax_h.axvspan(bins[0], result.clip_low, color="C1", alpha=0.15)
     ax_h.axvspan(result.clip_high, bins[-1], color="C1", alpha=0.15, label="outside every grid")
     where = "per-channel" if result.per_channel else "per-tensor"
-    kind = "symmetric" if result.symmetric else "asymmetric"
+    # which grid is drawn, e.g. "symmetric restricted [-7, 7]" or "symmetric full range [-8, 7]"
+    kind = f"{'symmetric ' + result.range_name if result.symmetric else 'asymmetric'} [{result.q_min}, {result.q_max}]"
     ax_h.set_title(f"{title}: {result.bits}-bit {kind} {where}, {METHODS[result.method][0]}".lstrip(": "),
                    fontsize=10)
     ax_h.set_xlabel("value")
@@ -160,17 +184,19 @@ def plot_quantizer(result: ExplorerResult, x: torch.Tensor, title: str = "", max
 
 
 def render_quantizer(x: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, method: str,
-                     ch_axis: int = 0, title: str = ""):
+                     ch_axis: int = 0, title: str = "", narrow: bool = True):
     """(figure, summary line), or (None, "Error: ...") when the controls are invalid: what the panel shows."""
     try:
-        result = explore_quantizer(x, bits, symmetric, per_channel, method, ch_axis)
+        result = explore_quantizer(x, bits, symmetric, per_channel, method, ch_axis, narrow)
         return plot_quantizer(result, x, title), result.summary()
     except MpqlabError as err:
         return None, f"Error: {err}"
 
 
 def quantizer_explorer_panel(tensors: dict, bits: int = 4, method: str = "minmax"):
-    """Controls for the tensor, bits, scheme, granularity and calibration, redrawing ``render_quantizer``.
+    """Controls for the tensor, bits, scheme, range, granularity and calibration, redrawing ``render_quantizer``.
+
+    The "range" buttons (restricted by default, or full range) apply to the symmetric scheme only.
 
     ``tensors`` maps a name to ``(tensor, ch_axis)``, e.g. ``{"dw2 weights": (w, 0)}``.
     """
@@ -182,18 +208,27 @@ def quantizer_explorer_panel(tensors: dict, bits: int = 4, method: str = "minmax
     bits_slider = widgets.IntSlider(value=bits, min=2, max=8, description="bits", continuous_update=False)
     scheme = widgets.ToggleButtons(options=[("symmetric", True), ("asymmetric", False)], value=True,
                                    description="scheme")
+    grid_range = widgets.ToggleButtons(options=[("restricted", True), ("full range", False)], value=True,
+                                       description="range",
+                                       tooltips=["[-(2^(b-1) - 1), 2^(b-1) - 1], e.g. [-7, 7] at 4 bits",
+                                                 "[-2^(b-1), 2^(b-1) - 1], e.g. [-8, 7] at 4 bits"])
     granularity = widgets.ToggleButtons(options=[("per-tensor", False), ("per-channel", True)], value=False,
                                         description="granularity")
     method_menu = widgets.Dropdown(options=[(label, name) for name, (label, _) in METHODS.items()], value=method,
                                    description="calibration")
 
-    def update(name, bits, symmetric, per_channel, method):
+    def grey_out_range(change):  # an asymmetric grid ignores the range buttons
+        grid_range.disabled = not change["new"]
+
+    scheme.observe(grey_out_range, names="value")
+
+    def update(name, bits, symmetric, narrow, per_channel, method):
         x, ch_axis = tensors[name]
-        fig, text = render_quantizer(x, bits, symmetric, per_channel, method, ch_axis, title=name)
+        fig, text = render_quantizer(x, bits, symmetric, per_channel, method, ch_axis, title=name, narrow=narrow)
         show_result(fig, text)
 
-    controls = {"name": tensor_menu, "bits": bits_slider, "symmetric": scheme, "per_channel": granularity,
-                "method": method_menu}
+    controls = {"name": tensor_menu, "bits": bits_slider, "symmetric": scheme, "narrow": grid_range,
+                "per_channel": granularity, "method": method_menu}
     out = widgets.interactive_output(update, controls)
     display(widgets.VBox([widgets.HBox([tensor_menu, bits_slider, method_menu]),
-                          widgets.HBox([scheme, granularity]), out]))
+                          widgets.HBox([scheme, grid_range, granularity]), out]))
