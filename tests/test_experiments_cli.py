@@ -42,3 +42,33 @@ def test_finish_result_stamps_and_writes_atomically(tmp_path):
     assert result["seconds"] >= 2.0 and result["timestamp"].endswith("+00:00")
     assert json.loads(out.read_text()) == result
     assert "seconds" in finish_result({}, time.perf_counter(), None)  # None: nothing written
+
+
+def test_resumable_result_keeps_points_of_the_same_settings_only(tmp_path):
+    import json
+    from dataclasses import dataclass
+
+    from mpqlab.experiments.cli import ResumableResult
+
+    @dataclass
+    class Settings:
+        steps: int = 2
+        seeds: tuple = (0, 1)
+
+    out = tmp_path / "r.json"
+    first = ResumableResult(Settings(), out, {"settings": {"steps": 2, "seeds": [0, 1]}})
+    first.result["runs"].append({"seed": 0})
+    first.save()
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == [{"seed": 0}] and not saved["complete"] and saved["cpu_seconds"] >= 0
+
+    again = ResumableResult(Settings(), out, {"settings": {"steps": 2, "seeds": [0, 1]}})
+    assert again.result["runs"] == [{"seed": 0}]  # a stopped run continues
+    again.result["runs"].append({"seed": 1})
+    done = again.finish()
+    assert done["complete"] and done["timestamp"] and done["seconds"] >= saved["seconds"]
+    assert json.loads(out.read_text()) == done
+
+    other = ResumableResult(Settings(steps=3), out, {"settings": {"steps": 3, "seeds": [0, 1]}})
+    assert other.result["runs"] == [] and other.saved == {}  # other settings: start afresh
+    assert ResumableResult(Settings(), None, {}).result == {"complete": False, "runs": []}

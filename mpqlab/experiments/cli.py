@@ -60,6 +60,45 @@ def resumable_result(settings, out: Path | None) -> dict | None:
     return saved
 
 
+class ResumableResult:
+    """A precompute's result file, rewritten after every finished point, that continues where it stopped.
+
+    ``result`` is the dict written to ``out``: ``header`` (script, seeds, settings, ...), ``complete`` and,
+    for each name in ``lists``, the points of that kind already in the file from a run with the same
+    ``settings`` (``resumable_result``), else an empty list. ``save()`` after each point records the wall
+    ``seconds`` and the ``cpu_seconds`` (this process's CPU time: what the run costs on an idle core, even
+    when the machine is shared), both added up over resumed sessions; ``finish()`` marks it complete and
+    stamps a UTC ``timestamp``. With ``out=None`` nothing is written.
+    """
+
+    def __init__(self, settings, out: Path | None, header: dict, lists: tuple[str, ...] = ("runs",)):
+        import time
+
+        self.out = out
+        self.saved = resumable_result(settings, out) or {}
+        self._wall = time.perf_counter() - self.saved.get("seconds", 0.0)
+        self._cpu = time.process_time() - self.saved.get("cpu_seconds", 0.0)
+        self.result = dict(header, complete=False) | {name: list(self.saved.get(name, [])) for name in lists}
+
+    def save(self) -> None:
+        import time
+
+        from mpqlab.checkpoint import atomic_write_json
+
+        self.result["seconds"] = time.perf_counter() - self._wall
+        self.result["cpu_seconds"] = time.process_time() - self._cpu
+        if self.out is not None:
+            atomic_write_json(self.out, self.result)
+
+    def finish(self) -> dict:
+        from datetime import datetime, timezone
+
+        self.result["complete"] = True
+        self.result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.save()
+        return self.result
+
+
 def finish_result(result: dict, start: float, out: Path | None) -> dict:
     """Stamp a finished run with its wall ``seconds`` (since ``time.perf_counter()`` was ``start``) and
     a UTC ``timestamp``, and write it atomically to ``out`` (unless None). Returns ``result``."""

@@ -32,12 +32,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import UsageError
-from mpqlab.experiments.cli import (
-    experiment_parser, finish_result, parse_experiment_args, report_written, resumable_result,
-)
+from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
 from mpqlab.limpq.sensitivity import initialize_steps, layer_steps, quantize_single_layer
 from mpqlab.train import cosine_schedule, evaluate, seed_everything, train_epoch
 
@@ -132,11 +130,10 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     Runs already in ``out`` from the same settings (same layer, bits and seed; controls per seed) are kept.
     """
     check_settings(settings)
-    saved = resumable_result(settings, out) or {}
-    start = time.perf_counter() - saved.get("seconds", 0.0)  # ``seconds`` adds up over resumed sessions
-    result = {"script": "python -m mpqlab.experiments.dw_pw_sensitivity", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "complete": False, "controls": saved.get("controls", []), "runs": saved.get("runs", [])}
+    header = {"script": "python -m mpqlab.experiments.dw_pw_sensitivity", "seeds": list(settings.seeds),
+              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    progress = ResumableResult(settings, out, header, lists=("controls", "runs"))
+    saved, result, save = progress.saved, progress.result, progress.save
     done_controls = {c["seed"] for c in result["controls"]}
     done_runs = {(r["layer"], r["bits"], r["seed"]) for r in result["runs"]}
     todo = [key for key in planned_runs(settings) if key not in done_runs]
@@ -146,11 +143,6 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     if saved:
         print(f"resuming {out}: {len(done_controls)} control runs and {len(done_runs)} single-layer runs kept, "
               f"{len(todo)} single-layer runs to go", flush=True)
-
-    def save():
-        if out is not None:
-            result["seconds"] = time.perf_counter() - start
-            atomic_write_json(out, result)
 
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
@@ -166,8 +158,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
             save()
             print(f"seed {seed} {layer:>10s} {bits} bits: acc {row['accuracy']:.4f} (PTQ {row['ptq_accuracy']:.4f}), "
                   f"s_w {row['w_step']:.4g}, s_a {row['a_step']:.4g}, {row['seconds']:.0f} s", flush=True)
-    result["complete"] = True
-    return finish_result(result, start, out)
+    return progress.finish()
 
 
 def main(argv=None) -> None:

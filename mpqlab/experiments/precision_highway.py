@@ -19,7 +19,6 @@ the seconds it took). A stopped run continues where it stopped if the settings a
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,10 +26,7 @@ import torch
 
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
-from mpqlab.checkpoint import atomic_write_json
-from mpqlab.experiments.cli import (
-    experiment_parser, finish_result, parse_experiment_args, report_written, resumable_result,
-)
+from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
 from mpqlab.highway import highway_resnet
 from mpqlab.qat import fine_tune, subset_loader
 from mpqlab.quant.ptq import calibrate
@@ -89,30 +85,26 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
     Runs already in ``out`` from the same settings are kept, so a stopped precompute continues.
     """
-    saved = resumable_result(settings, out) or {}
-    start = time.perf_counter() - saved.get("seconds", 0.0)  # ``seconds`` adds up over resumed sessions
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
-    float_accuracy = saved.get("float_accuracy")
-    if float_accuracy is None:
-        float_accuracy = evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device)
-    result = {"script": "python -m mpqlab.experiments.precision_highway", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "float_accuracy": float_accuracy, "complete": False, "runs": saved.get("runs", [])}
+    header = {"script": "python -m mpqlab.experiments.precision_highway", "seeds": list(settings.seeds),
+              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    progress = ResumableResult(settings, out, header)
+    result = progress.result
+    result["float_accuracy"] = progress.saved.get("float_accuracy")
+    if result["float_accuracy"] is None:
+        result["float_accuracy"] = evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device)
     done = {(r["bits"], r["skip"], r["seed"]) for r in result["runs"]}
     todo = [key for key in planned_runs(settings) if key not in done]
-    if saved:
+    if progress.saved:
         print(f"resuming {out}: {len(done)} runs kept, {len(todo)} to go", flush=True)
     for bits, skip, seed in todo:
         row = one_run(fp_model, bits, skip, settings, splits, device, seed=seed)
         result["runs"].append(row)
-        if out is not None:
-            result["seconds"] = time.perf_counter() - start
-            atomic_write_json(out, result)
+        progress.save()
         print(f"seed {seed}, W{bits}A{bits}, {SKIPS[skip]}: {row['start_accuracy']:.4f} -> {row['accuracy']:.4f} "
               f"({row['seconds']:.0f} s)", flush=True)
-    result["complete"] = True
-    return finish_result(result, start, out)
+    return progress.finish()
 
 
 def main(argv=None) -> None:

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import PolicyError
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args, report_written, resumable_result
+from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
 from mpqlab.quant.policy import quantizable_layers, quantize_model
 from mpqlab.quant.quantizer import Quantizer
 from mpqlab.quant.uniform import default_weight_quantizer, full_range_weight_quantizer
@@ -164,30 +163,21 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
 
     Configurations already in ``out`` from the same settings are kept, so a stopped precompute continues.
     """
-    saved = resumable_result(settings, out) or {}
-    start = time.perf_counter() - saved.get("seconds", 0.0)  # both add up over resumed sessions
-    cpu_start = time.process_time() - saved.get("cpu_seconds", 0.0)
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
     names = quantizable_layers(fp_model)
-    float_accuracy = saved.get("float_accuracy")
-    if float_accuracy is None:
-        float_accuracy = evaluate(fp_model, scoring_loader(splits, settings.eval_images), device)
-    result = {"script": "python -m mpqlab.experiments.weighted_entropy", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "float_accuracy": float_accuracy, "layers": names, "complete": False,
-              "methods": saved.get("methods", []), "profiles": saved.get("profiles", [])}
+    header = {"script": "python -m mpqlab.experiments.weighted_entropy", "seeds": list(settings.seeds),
+              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    progress = ResumableResult(settings, out, header, lists=("methods", "profiles"))
+    result = progress.result
+    result["float_accuracy"] = progress.saved.get("float_accuracy")
+    if result["float_accuracy"] is None:
+        result["float_accuracy"] = evaluate(fp_model, scoring_loader(splits, settings.eval_images), device)
+    result["layers"] = names
     done = {run_key(study, row) for study in ("methods", "profiles") for row in result[study]}
     todo = [key for key in planned_runs(settings) if key not in done]
-    if saved:
+    if progress.saved:
         print(f"resuming {out}: {len(done)} configurations kept, {len(todo)} to go", flush=True)
-
-    def save():
-        result["seconds"] = time.perf_counter() - start  # wall clock: long on a busy machine
-        result["cpu_seconds"] = time.process_time() - cpu_start  # what the run costs on an idle core
-        if out is not None:
-            atomic_write_json(out, result)
-
     for study, name, w_bits, seed in todo:
         if study == "methods":
             qmodel = study_model(fp_model, name, w_bits, settings.first_last_bits)
@@ -198,14 +188,9 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
             row = {"profile": name, "bits": bits, "seed": seed, "mean_bits": float(np.mean(bits)),
                    "weight_kbit": weight_kbit(qmodel)}
         result[study].append(row | fine_tune_and_score(qmodel, settings, splits, device, seed))
-        save()
+        progress.save()
         print(f"seed {seed} {name:>17s}{f' W{w_bits}' if w_bits else ''}: {result[study][-1]}", flush=True)
-    result["complete"] = True
-    save()
-    result["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    return progress.finish()
 
 
 def main(argv=None) -> None:
