@@ -80,6 +80,19 @@ class ResumableResult:
         self._cpu = time.process_time() - self.saved.get("cpu_seconds", 0.0)
         self.result = dict(header, complete=False) | {name: list(self.saved.get(name, [])) for name in lists}
 
+    def keep(self, name: str, compute):
+        """``result[name]`` from the file when it holds one, else ``compute()``: e.g. the float accuracy, once."""
+        value = self.saved.get(name)
+        self.result[name] = compute() if value is None else value
+        return self.result[name]
+
+    def remaining(self, planned: list, done: set) -> list:
+        """The planned points not ``done`` yet, in plan order (saying so when resuming)."""
+        todo = [key for key in planned if key not in done]
+        if self.saved:
+            print(f"resuming {self.out}: {len(planned) - len(todo)} points kept, {len(todo)} to go", flush=True)
+        return todo
+
     def save(self) -> None:
         import time
 

@@ -91,13 +91,8 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
               "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
     progress = ResumableResult(settings, out, header)
     result = progress.result
-    result["float_accuracy"] = progress.saved.get("float_accuracy")
-    if result["float_accuracy"] is None:
-        result["float_accuracy"] = evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device)
-    done = {(r["bits"], r["skip"], r["seed"]) for r in result["runs"]}
-    todo = [key for key in planned_runs(settings) if key not in done]
-    if progress.saved:
-        print(f"resuming {out}: {len(done)} runs kept, {len(todo)} to go", flush=True)
+    progress.keep("float_accuracy", lambda: evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device))
+    todo = progress.remaining(planned_runs(settings), {(r["bits"], r["skip"], r["seed"]) for r in result["runs"]})
     for bits, skip, seed in todo:
         row = one_run(fp_model, bits, skip, settings, splits, device, seed=seed)
         result["runs"].append(row)

@@ -170,14 +170,10 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
               "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
     progress = ResumableResult(settings, out, header, lists=("methods", "profiles"))
     result = progress.result
-    result["float_accuracy"] = progress.saved.get("float_accuracy")
-    if result["float_accuracy"] is None:
-        result["float_accuracy"] = evaluate(fp_model, scoring_loader(splits, settings.eval_images), device)
+    progress.keep("float_accuracy", lambda: evaluate(fp_model, scoring_loader(splits, settings.eval_images), device))
     result["layers"] = names
-    done = {run_key(study, row) for study in ("methods", "profiles") for row in result[study]}
-    todo = [key for key in planned_runs(settings) if key not in done]
-    if progress.saved:
-        print(f"resuming {out}: {len(done)} configurations kept, {len(todo)} to go", flush=True)
+    todo = progress.remaining(planned_runs(settings), {run_key(study, row) for study in ("methods", "profiles")
+                                                       for row in result[study]})
     for study, name, w_bits, seed in todo:
         if study == "methods":
             qmodel = study_model(fp_model, name, w_bits, settings.first_last_bits)
