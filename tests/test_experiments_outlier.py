@@ -8,7 +8,10 @@ from mpqlab.checkpoint import save_checkpoint
 from mpqlab.data import Splits
 from mpqlab.experiments import outlier_backprop, outlier_ptq
 from mpqlab.models import mobilenet_v1_small
-from mpqlab.quant.outlier import OutlierQuantizer
+from mpqlab.errors import UsageError
+from mpqlab.quant.outlier import (
+    CompressedSavedActivations, OutlierQuantizer, compress_for_backward, decompress,
+)
 
 
 @pytest.fixture
@@ -66,15 +69,62 @@ def test_ptq_script_smoke(random_checkpoint, small):
     assert saved["seed"] == 0 and saved["seconds"] > 0 and saved["timestamp"]
 
 
+def test_round_trip_gives_back_what_the_packed_compression_gives_back():
+    x = torch.relu(torch.randn(4, 8, 16, 16, generator=torch.Generator().manual_seed(1)))
+    x[0, 0, 0, :4] = torch.tensor([1e-4, 2e-4, 0.0, 9.0])  # tiny positives round up to level 1; 9.0 is an outlier
+    for ratio in (0.02, 0.0):
+        expected = decompress(compress_for_backward(x, bits=3, ratio=ratio))
+        assert torch.equal(outlier_backprop.round_trip(x, 3, ratio), expected)
+    assert torch.equal(outlier_backprop.round_trip(x, 3, 0.0) > 0, x > 0)  # the ReLU mask survives
+
+
+def test_round_trip_training_step_has_the_gradients_of_the_packed_one():
+    torch.manual_seed(0)
+    model = mobilenet_v1_small().train()
+    images, labels = torch.randn(8, 1, 32, 32), torch.arange(8)
+
+    def grads(saving):
+        model.zero_grad(set_to_none=True)
+        with saving:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for ratio in (0.02, 0.0):
+        fast = outlier_backprop.RoundTripSavedActivations(3, ratio)
+        assert all(torch.equal(a, b) for a, b in zip(grads(CompressedSavedActivations(3, ratio)), grads(fast)))
+        assert fast.n_rounded == 28  # each post-ReLU tensor rounded once, though most are saved twice
+
+
+def test_backprop_configs_and_bad_names():
+    settings = outlier_backprop.Settings(seeds=(0, 1))
+    assert [outlier_backprop.config_ratio(c, settings) for c in settings.configs] == [None, 0.02, 0.0]
+    assert outlier_backprop.planned_runs(settings)[:3] == [("float", 0), ("outliers", 0), ("no_outliers", 0)]
+    with pytest.raises(UsageError, match="'half'"):
+        outlier_backprop.planned_runs(outlier_backprop.Settings(configs=("float", "half")))
+
+
 @pytest.mark.slow
-def test_backprop_script_smoke(random_checkpoint, small):
-    settings = outlier_backprop.Settings(steps=4, batch_size=16, eval_every=2, val_images=32, memory_images=8)
+def test_backprop_script_smoke(random_checkpoint, small, capsys):
+    settings = outlier_backprop.Settings(steps=4, batch_size=16, eval_every=2, val_images=32, eval_images=64,
+                                         memory_images=8, seeds=(0, 1))
     out = random_checkpoint / "b.json"
     result = outlier_backprop.run(settings, splits=small, out=out)
     saved = json.loads(out.read_text())
-    assert saved == json.loads(json.dumps(result))
-    fp, comp = saved["runs"]["float"], saved["runs"]["compressed"]
+    assert saved == json.loads(json.dumps(result)) and saved["complete"] is True
+    runs = {(r["config"], r["seed"]): r for r in saved["runs"]}
+    assert sorted(runs) == sorted((c, s) for c in ("float", "outliers", "no_outliers") for s in (0, 1))
+    fp, comp, lin = runs["float", 0], runs["outliers", 0], runs["no_outliers", 0]
     assert fp["curve_steps"] == comp["curve_steps"] == [2, 4] and len(fp["losses"]) == 4
-    assert fp["losses"][0] == pytest.approx(comp["losses"][0], rel=1e-6)  # same start, same first batch
-    assert fp["losses"][1:] != comp["losses"][1:]  # compressed gradients differ a little
+    assert fp["losses"][0] == pytest.approx(comp["losses"][0], rel=1e-6) == lin["losses"][0]  # same start, batch
+    assert fp["losses"][1:] != comp["losses"][1:] != lin["losses"][1:]  # compressed gradients differ a little
+    assert runs["float", 1]["losses"][0] != fp["losses"][0]  # another seed: another initialisation and batch
+    assert all(0 <= r["accuracy"] <= 1 for r in saved["runs"]) and comp["ratio"] == 0.02 and lin["ratio"] == 0.0
     assert saved["memory"]["relu_held"] > 0 and saved["settings"]["steps"] == 4 and saved["timestamp"]
+    # resume: a file missing the last runs gets only those, and the seconds add up
+    partial = dict(saved, runs=saved["runs"][:4], complete=False, seconds=100.0)
+    out.write_text(json.dumps(partial))
+    resumed = outlier_backprop.run(settings, splits=small, out=out)
+    assert "2 to go" in capsys.readouterr().out
+    assert [(r["config"], r["seed"]) for r in resumed["runs"]] == [(r["config"], r["seed"]) for r in saved["runs"]]
+    assert resumed["runs"][:4] == saved["runs"][:4] and resumed["complete"] and resumed["seconds"] > 100
