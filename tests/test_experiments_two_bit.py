@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from mpqlab.data import Splits
-from mpqlab.experiments.two_bit import Settings, configs, run
+from mpqlab.experiments.two_bit import Settings, configs, main, planned_runs, run
 
 
 def tiny_splits(n=40):
@@ -23,19 +23,40 @@ def test_each_config_changes_one_thing_against_the_sweep_run():
 
 def test_smoke_writes_the_selected_runs(tmp_path):
     out = tmp_path / "two_bit.json"
-    settings = Settings(steps=2, long_steps=3, chunk=1, batch_size=8, eval_images=16, curve_images=8)
+    settings = Settings(steps=2, long_steps=3, chunk=1, batch_size=8, eval_images=16, start_images=12, curve_images=8, seeds=(0, 1))
     run(settings, splits=tiny_splits(), out=out, only=("longer", "W4A2"))
     saved = json.loads(out.read_text())
-    assert [r["label"] for r in saved["runs"]] == ["longer", "W4A2"] and saved["seconds"] > 0
-    longer, w4a2 = saved["runs"]
+    assert [(r["label"], r["seed"]) for r in saved["runs"]] == [("longer", 0), ("W4A2", 0), ("longer", 1), ("W4A2", 1)]
+    assert saved["seconds"] > 0 and saved["cpu_seconds"] > 0 and saved["complete"] and saved["seeds"] == [0, 1]
+    longer, w4a2 = saved["runs"][:2]
     assert "error" not in longer and longer["steps"][-1] == 3
     assert (w4a2["w_bits"], w4a2["a_bits"]) == (4, 2)
+    # a stopped run continues: drop the last run, and only that one runs again
+    out.write_text(json.dumps(dict(saved, runs=saved["runs"][:-1], complete=False)))
+    resumed = run(settings, splits=tiny_splits(), out=out, only=("longer", "W4A2"))
+    assert resumed["runs"][:-1] == saved["runs"][:-1] and resumed["runs"][-1]["label"] == "W4A2"
+    assert len(resumed["runs"]) == 4 and resumed["complete"]
+
+
+def test_defaults_pair_three_seeds_on_the_full_test_set():
+    settings = Settings()
+    assert settings.seeds == (0, 1, 2) and settings.eval_images == 10_000 and settings.start_images < settings.eval_images
+    runs = planned_runs(settings)
+    assert len(runs) == 3 * len(configs(settings)) and [seed for _, seed in runs] == sorted(seed for _, seed in runs)
+
+
+def test_command_line_takes_seeds(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("mpqlab.experiments.two_bit.run", lambda settings, out: seen.setdefault("s", settings) and {"seconds": 1.0})
+    main(["--seeds", "5", "6", "--long-steps", "9", "--out", str(tmp_path / "x.json")])
+    assert seen["s"].seeds == (5, 6) and seen["s"].long_steps == 9
 
 
 def test_progressive_schedule_runs_its_stages_on_one_model(tmp_path):
-    settings = Settings(steps=2, chunk=1, batch_size=8, eval_images=16, curve_images=8)
+    settings = Settings(steps=2, chunk=1, batch_size=8, eval_images=16, start_images=12, curve_images=8, seeds=(0,))
     result = run(settings, splits=tiny_splits(), out=None, only=("QIL 5-4-3-2",))
     (row,) = result["runs"]
     assert "error" not in row
     assert row["schedule"] == [5, 4, 3, 2] and len(row["stage_accuracy"]) == 4
-    assert row["steps"] == [1, 2, 3, 4, 5, 6, 7, 8] and row["accuracy"] == row["stage_accuracy"][-1]
+    assert row["steps"] == [1, 2, 3, 4, 5, 6, 7, 8] and row["subset_accuracy"] == row["stage_accuracy"][-1]
+    assert row["seed"] == 0
