@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpqlab.errors import TensorValueError
+from mpqlab.errors import DataFileError, TensorValueError
 
 
 def t_cdf(x: float, df: int) -> float:
@@ -101,6 +101,25 @@ def verdict(name_a: str, name_b: str, diff: Interval, unit: str = "points", wher
     half = (diff.high - diff.low) / 2
     return (f"{lead} {verb} {trail}{at} by {abs(diff.mean):.2f} +- {half:.2f} {unit} (95% interval over "
             f"{diff.n} {paired})")
+
+
+def seed_values(rows: list[dict], value, seeds, **match) -> list[float]:
+    """One number per seed, in the order of ``seeds``, from the result rows whose fields equal ``match``.
+
+    ``value`` is a row key (``"accuracy"``) or a function of the row. Index i of two calls with the same
+    ``seeds`` is the same seed, so the two lists are *paired* (``paired_difference``). A seed whose run is
+    missing, stopped with an ``"error"``, or lacks ``value`` raises ``DataFileError`` naming it: a comparison
+    must never silently pair fewer seeds than the text says.
+    """
+    picked = {row["seed"]: row for row in rows if all(row.get(k) == v for k, v in match.items())}
+    missing = [s for s in seeds if s not in picked or "error" in picked[s]
+               or (not callable(value) and value not in picked[s])]
+    if missing:
+        errors = [str(picked[s]["error"]) for s in missing if s in picked and "error" in picked[s]]
+        raise DataFileError(f"no finished run with {match} for seed(s) {missing} (seeds wanted {list(seeds)}, "
+                            f"have {sorted(picked)}); " + ("errors: " + "; ".join(errors) if errors
+                                                            else f"no {value!r} in the file"))
+    return [value(picked[s]) if callable(value) else picked[s][value] for s in seeds]
 
 
 def rank_correlation(a, b) -> float:

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from mpqlab.data import Splits
-from mpqlab.errors import PolicyError
+from mpqlab.errors import DataFileError, PolicyError
 from mpqlab.experiments.binary import (
     REFERENCE, Settings, binary_model, config_model, planned_runs, run, seed_accuracies,
 )
@@ -87,5 +87,5 @@ def test_seed_accuracies_are_paired_by_seed_and_refuse_gaps():
                                         {"config": "W4A4", "seed": 2, "error": "QuantParamError: step"}]}
     assert seed_accuracies(result, "W1A1") == [0.7, 0.5]  # the order of result["seeds"], not of the file
     assert seed_accuracies(result, "W1A1", "start_accuracy") == [0.1, 0.1]
-    with pytest.raises(PolicyError, match=r"'W4A4' has no 'accuracy' for seeds \[2, 0\].*QuantParamError"):
+    with pytest.raises(DataFileError, match=r"seed\(s\) \[2, 0\].*QuantParamError"):
         seed_accuracies(result, "W4A4")

@@ -112,3 +112,17 @@ def test_intervals_work_for_many_pairs():
     assert t_quantile(0.975, 999) == pytest.approx(1.9623, abs=1e-3)
     d = paired_difference(np.arange(1000) % 3 + 1.0, np.zeros(1000))
     assert d.n == 1000 and d.low < 2 < d.high
+
+
+def test_seed_values_pairs_by_seed_and_refuses_gaps():
+    from mpqlab.errors import DataFileError
+    from mpqlab.stats import seed_values
+
+    rows = [{"seed": 1, "method": "a", "accuracy": 0.8}, {"seed": 0, "method": "a", "accuracy": 0.7},
+            {"seed": 0, "method": "b", "accuracy": 0.6}, {"seed": 1, "method": "b", "error": "QuantParamError: s"}]
+    assert seed_values(rows, "accuracy", [0, 1], method="a") == [0.7, 0.8]  # the order asked for, not the file's
+    assert seed_values(rows, lambda r: 2 * r["accuracy"], [0], method="b") == [1.2]
+    with pytest.raises(DataFileError, match=r"seed\(s\) \[1\].*QuantParamError"):  # a run that failed
+        seed_values(rows, "accuracy", [0, 1], method="b")
+    with pytest.raises(DataFileError, match=r"seed\(s\) \[2\].*no 'accuracy'"):  # a run that never ran
+        seed_values(rows, "accuracy", [0, 2], method="a")

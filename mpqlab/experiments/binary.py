@@ -45,6 +45,7 @@ from mpqlab.quant.binary import BinaryActQuantizer, BinaryWeightQuantizer
 from mpqlab.quant.lsq import LSQQuantizer
 from mpqlab.quant.policy import model_policy, quantizable_layers
 from mpqlab.quant.quantizer import FullPrecision
+from mpqlab.stats import seed_values
 from mpqlab.train import evaluate
 
 RESULTS = repo_data_dir() / "results" / "binary.json"
@@ -115,19 +116,8 @@ def one_run(fp_model, config: str, settings: Settings, splits, seed: int, device
 
 def seed_accuracies(result: dict, config: str, key: str = "accuracy") -> list[float]:
     """``key`` (``"accuracy"`` after the fine-tune, ``"start_accuracy"`` before) of ``config``'s runs in
-    ``result``, in the order of ``result["seeds"]``: index i of two configurations is the same seed (paired).
-
-    Raises ``PolicyError`` if a seed's run is missing or stopped with an error: a comparison must not
-    silently pair fewer seeds than the text says.
-    """
-    rows = {r["seed"]: r for r in result["runs"] if r["config"] == config}
-    missing = [seed for seed in result["seeds"] if seed not in rows or key not in rows[seed]]
-    if missing:
-        errors = [rows[s].get("error") for s in missing if s in rows]
-        raise PolicyError(f"{config!r} has no {key!r} for seeds {missing} (seeds {result['seeds']}); "
-                          f"errors: {errors or 'run not in the file'}")
-    return [float(rows[seed][key]) for seed in result["seeds"]]
-
+    ``result``, in the order of ``result["seeds"]`` (``mpqlab.stats.seed_values``: paired, gaps refused)."""
+    return [float(v) for v in seed_values(result["runs"], key, result["seeds"], config=config)]
 
 def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None = RESULTS) -> dict:
     """Every configuration for every seed; ``out`` (unless None) is rewritten atomically after each run.

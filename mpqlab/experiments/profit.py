@@ -40,11 +40,12 @@ from tqdm.auto import tqdm
 
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
-from mpqlab.errors import DataFileError, MpqlabError
+from mpqlab.errors import MpqlabError
 from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
 from mpqlab.profit import (aiwq_step, bn_fluctuation, bn_only, bn_running_means, build_profit_model, conv_role,
                            freeze_layers, layers_to_freeze, quant_layers)
 from mpqlab.qat import param_groups, recalibrate_bn, subset_loader
+from mpqlab.stats import seed_values  # noqa: F401  (notebook 07 imports it from here)
 from mpqlab.train import cosine_schedule, evaluate, repeat_epochs, seed_everything
 
 RESULTS = repo_data_dir() / "results" / "profit.json"
@@ -227,22 +228,6 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     if out is not None:
         write_log(result, out)
     return result
-
-
-def seed_values(rows: list[dict], value, seeds, **match) -> list[float]:
-    """One number per seed, in the order of ``seeds``, from the rows that match ``match`` (e.g. ``freeze=True``).
-
-    ``value`` is a row key or a function of the row. Paired comparisons need every seed: a missing or
-    failed run raises DataFileError naming it.
-    """
-    picked = {}
-    for row in rows:
-        if all(row.get(k) == v for k, v in match.items()):
-            picked[row["seed"]] = row
-    missing = [s for s in seeds if s not in picked or "error" in picked[s]]
-    if missing:
-        raise DataFileError(f"no finished run with {match} for seed(s) {missing}; have seeds {sorted(picked)}")
-    return [value(picked[s]) if callable(value) else picked[s][value] for s in seeds]
 
 
 def main(argv=None) -> None:
