@@ -72,3 +72,21 @@ def test_resumable_result_keeps_points_of_the_same_settings_only(tmp_path):
     other = ResumableResult(Settings(steps=3), out, {"settings": {"steps": 3, "seeds": [0, 1]}})
     assert other.result["runs"] == [] and other.saved == {}  # other settings: start afresh
     assert ResumableResult(Settings(), None, {}).result == {"complete": False, "runs": []}
+
+
+@pytest.mark.parametrize("script", ["binary", "dw_pw_sensitivity", "outlier_backprop", "precision_highway", "profit",
+                                    "qat_sweep", "two_bit", "weighted_entropy"])
+def test_result_header_matches_the_shipped_file(script):
+    # the shared header must write exactly the fields (and settings) of the committed result, so that a rerun
+    # with default settings resumes that file instead of starting afresh
+    import importlib
+    import json
+
+    from mpqlab.experiments.cli import result_header
+
+    module = importlib.import_module(f"mpqlab.experiments.{script}")
+    shipped = json.loads(module.RESULTS.read_text())
+    header = json.loads(json.dumps(result_header(script, module.Settings())))
+    assert header["script"] == shipped["script"] and header["seeds"] == shipped["seeds"]
+    assert header["settings"] == shipped["settings"]
+    assert set(header) - {"torch"} <= set(shipped)

@@ -34,12 +34,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError, PolicyError
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.qat import build_qat_model, fine_tune, subset_loader
 from mpqlab.quant.binary import BinaryActQuantizer, BinaryWeightQuantizer
 from mpqlab.quant.lsq import LSQQuantizer
@@ -129,8 +128,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
             raise PolicyError(f"unknown configuration {config!r}; choose one of {[REFERENCE, *CONFIGS]}")
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
-    header = {"script": "python -m mpqlab.experiments.binary", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("binary", settings)
     progress = ResumableResult(settings, out, header)
     result = progress.result
     progress.keep("float_accuracy", lambda: evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device))

@@ -36,6 +36,20 @@ def report_written(out: Path, result: dict) -> None:
     print(f"wrote {out} in {result['seconds']:.0f} s")
 
 
+def result_header(script: str, settings, **extra) -> dict:
+    """The fields every seeded precompute writes first: how to rerun it, its seeds and settings, and where it ran.
+
+    ``script`` is the module under ``mpqlab.experiments`` (``"binary"``); ``settings`` a dataclass with ``seeds``;
+    ``extra`` adds fields of the script's own (e.g. the layers it studied).
+    """
+    from dataclasses import asdict
+
+    import torch
+
+    return {"script": f"python -m mpqlab.experiments.{script}", "seeds": list(settings.seeds),
+            "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads(), **extra}
+
+
 def resumable_result(settings, out: Path | None) -> dict | None:
     """The partial result in ``out`` if it was made with exactly these ``settings`` (a dataclass), else None.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import UsageError
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.limpq.sensitivity import initialize_steps, layer_steps, quantize_single_layer
 from mpqlab.train import cosine_schedule, evaluate, seed_everything, train_epoch
 
@@ -130,8 +131,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     Runs already in ``out`` from the same settings (same layer, bits and seed; controls per seed) are kept.
     """
     check_settings(settings)
-    header = {"script": "python -m mpqlab.experiments.dw_pw_sensitivity", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("dw_pw_sensitivity", settings)
     progress = ResumableResult(settings, out, header, lists=("controls", "runs"))
     saved, result, save = progress.saved, progress.result, progress.save
     done_controls = {c["seed"] for c in result["controls"]}

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import UsageError, check_bits, check_fraction
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.models import build_model
 from mpqlab.qat import subset_loader
 from mpqlab.quant.outlier import CompressedSavedActivations, outlier_threshold, q_max_for
@@ -235,8 +236,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     Runs already in ``out`` from the same settings are kept, so a stopped precompute continues.
     """
     splits = splits or fashion_mnist_splits()
-    header = {"script": "python -m mpqlab.experiments.outlier_backprop", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("outlier_backprop", settings)
     progress = ResumableResult(settings, out, header)
     result = progress.result
 

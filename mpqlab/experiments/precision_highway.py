@@ -22,11 +22,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.highway import highway_resnet
 from mpqlab.qat import fine_tune, subset_loader
 from mpqlab.quant.ptq import calibrate
@@ -87,8 +86,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     """
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
-    header = {"script": "python -m mpqlab.experiments.precision_highway", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("precision_highway", settings)
     progress = ResumableResult(settings, out, header)
     result = progress.result
     progress.keep("float_accuracy", lambda: evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device))

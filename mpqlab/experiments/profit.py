@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.profit import (aiwq_step, bn_fluctuation, bn_only, bn_running_means, build_profit_model, conv_role,
                            freeze_layers, layers_to_freeze, quant_layers)
 from mpqlab.qat import param_groups, recalibrate_bn, subset_loader
@@ -207,9 +208,8 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
     layers = quant_layers(build_profit_model(fp_model, 4, first_last_bits=settings.first_last_bits))
-    header = {"script": "python -m mpqlab.experiments.profit", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "layers": [{"name": n, "role": conv_role(m), "depth": i} for i, (n, m) in enumerate(layers.items())]}
+    header = result_header("profit", settings,
+                           layers=[{"name": n, "role": conv_role(m), "depth": i} for i, (n, m) in enumerate(layers.items())])
     progress = ResumableResult(settings, out, header, lists=("runs", "schemes"))
     result = progress.result
     progress.keep("float_accuracy", lambda: evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device))

@@ -35,7 +35,8 @@ import torch
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import calibration_batch, fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.qat import build_qat_model, clip_vs_max, fine_tune, subset_loader
 from mpqlab.quant.pact import pact_l2
 from mpqlab.stats import Interval, paired_difference
@@ -106,8 +107,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     """
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
-    header = {"script": "python -m mpqlab.experiments.qat_sweep", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("qat_sweep", settings)
     progress = ResumableResult(settings, out, header)
     result = progress.result
     progress.keep("float_accuracy", lambda: evaluate(fp_model, subset_loader(splits.test, settings.eval_images), device))

@@ -28,15 +28,14 @@ CPU seconds it took). A stopped run continues where it stopped if the settings a
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import fashion_mnist_splits, repo_data_dir
 from mpqlab.errors import MpqlabError
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.qat import build_qat_model, fine_tune, subset_loader
 from mpqlab.quant.qil import progressive_schedule
 from mpqlab.quant.qil import set_bits as qil_set_bits
@@ -123,8 +122,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     rewritten atomically after each finished run. Runs already in ``out`` from the same settings are kept,
     so a stopped precompute continues."""
     splits = splits or fashion_mnist_splits()
-    header = {"script": "python -m mpqlab.experiments.two_bit", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("two_bit", settings)
     progress = ResumableResult(settings, out, header)
     result = progress.result
     by_label = {c["label"]: c for c in configs(settings)}

@@ -23,7 +23,7 @@ are the same.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import fashion_mnist_splits, make_loaders, repo_data_dir
 from mpqlab.errors import PolicyError
-from mpqlab.experiments.cli import ResumableResult, experiment_parser, parse_experiment_args, report_written
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
 from mpqlab.quant.policy import quantizable_layers, quantize_model
 from mpqlab.quant.quantizer import Quantizer
 from mpqlab.quant.uniform import default_weight_quantizer, full_range_weight_quantizer
@@ -166,8 +167,7 @@ def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None =
     splits = splits or fashion_mnist_splits()
     fp_model = load_pretrained(settings.model, device)
     names = quantizable_layers(fp_model)
-    header = {"script": "python -m mpqlab.experiments.weighted_entropy", "seeds": list(settings.seeds),
-              "settings": asdict(settings), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    header = result_header("weighted_entropy", settings)
     progress = ResumableResult(settings, out, header, lists=("methods", "profiles"))
     result = progress.result
     progress.keep("float_accuracy", lambda: evaluate(fp_model, scoring_loader(splits, settings.eval_images), device))
