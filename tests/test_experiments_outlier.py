@@ -55,18 +55,37 @@ def test_saved_bytes_counts_float_and_compressed():
     assert m["total_float"] == m["relu_float"] + m["other_float"] and m["total_held"] < m["total_float"]
 
 
-def test_ptq_script_smoke(random_checkpoint, small):
-    settings = outlier_ptq.Settings(bits=(3,), ratios=(0.0, 0.02), calib_images=32, calib_batch=16, eval_images=64)
+def test_ptq_script_smoke(random_checkpoint, small, capsys):
+    settings = outlier_ptq.Settings(bits=(3,), ratios=(0.0, 0.02), calib_images=32, calib_batch=16, eval_images=64,
+                                    seeds=(0, 1))
     out = random_checkpoint / "o.json"
     result = outlier_ptq.run(settings, splits=small, out=out)
     saved = json.loads(out.read_text())
-    assert saved == json.loads(json.dumps(result))
-    assert [(r["method"], r["ratio"]) for r in saved["runs"]] == [
-        ("linear, per-channel (notebook 01)", None), ("outlier-aware", 0.0), ("outlier-aware", 0.02)]
+    assert saved == json.loads(json.dumps(result)) and saved["complete"] is True
+    assert [(r["seed"], r["method"], r["ratio"]) for r in saved["runs"]] == [
+        (seed, method, ratio) for seed in (0, 1)
+        for method, ratio in ((outlier_ptq.LINEAR, None), ("outlier-aware", 0.0), ("outlier-aware", 0.02))]
     assert all(0 <= r["accuracy"] <= 1 for r in saved["runs"])
+    assert all(sum(r["correct_per_batch"]) == round(64 * r["accuracy"]) for r in saved["runs"])
     # ratio 0: only activations above the calibrated (running) threshold stay in float, a tiny share
     assert saved["runs"][1]["outlier_share"] < 1e-3 < saved["runs"][2]["outlier_share"] < 0.03
-    assert saved["seed"] == 0 and saved["seconds"] > 0 and saved["timestamp"]
+    assert saved["seeds"] == [0, 1] and saved["test_images"] == 64 and 0 <= saved["float_accuracy"] <= 1
+    assert saved["seconds"] > 0 and saved["cpu_seconds"] > 0 and saved["timestamp"]
+    # resume: a file missing the last runs gets only those, and the seconds add up
+    out.write_text(json.dumps(dict(saved, runs=saved["runs"][:4], complete=False, seconds=100.0)))
+    resumed = outlier_ptq.run(settings, splits=small, out=out)
+    assert "2 to go" in capsys.readouterr().out
+    assert resumed["runs"][:4] == saved["runs"][:4] and resumed["complete"] and resumed["seconds"] > 100
+    assert [r["accuracy"] for r in resumed["runs"]] == [r["accuracy"] for r in saved["runs"]]  # seeded
+
+
+def test_ptq_settings_default_to_the_full_test_set_and_refuse_too_many_images(small):
+    settings = outlier_ptq.Settings()
+    assert settings.eval_images is None and len(settings.seeds) >= 3
+    assert outlier_ptq.planned_runs(settings)[:2] == [(0, 4, None), (0, 4, 0.0)]
+    assert len(outlier_ptq.planned_runs(settings)) == 3 * 2 * 7
+    with pytest.raises(UsageError, match="5000"):
+        outlier_ptq.run(outlier_ptq.Settings(eval_images=5000), splits=small, out=None)
 
 
 def test_round_trip_gives_back_what_the_packed_compression_gives_back():
