@@ -75,7 +75,8 @@ def test_resumable_result_keeps_points_of_the_same_settings_only(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["binary", "dw_pw_sensitivity", "log_ptq", "outlier_backprop", "outlier_ptq",
-                                    "precision_highway", "profit", "qat_sweep", "two_bit", "weighted_entropy"])
+                                    "precision_highway", "ptq_calibration", "profit", "qat_sweep", "two_bit",
+                                    "weighted_entropy"])
 def test_result_header_matches_the_shipped_file(script):
     # the shared header must write exactly the fields (and settings) of the committed result, so that a rerun
     # with default settings resumes that file instead of starting afresh

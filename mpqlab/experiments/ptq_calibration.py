@@ -1,37 +1,44 @@
-"""Precompute notebook 01's post-training quantization grid: calibration method x bit-width on the test set.
+"""Precompute notebook 01's post-training quantization grid: calibration method x bit-width x seed on the test set.
 
 The shipped MobileNetV1-small is quantized at W{b}A{b} for b in 8, 6, 4 (first conv and last linear
 layer held at 8 bits, as in most papers), with weights per output channel, symmetric, min-max, and
 input activations per tensor, asymmetric, calibrated on ``calibration_images`` training images by each
 method (min-max, percentile, MSE, KL). No retraining. Accuracy is on the full 10,000-image test set.
-The grid is ``mpqlab.quant.ptq.ptq_table``. Extra rows repeat the methods of ``input_minmax`` with
-the network's input (the image, first conv) calibrated by min-max instead: notebook 01 shows why KL
-calibration fails on that tensor.
+Each point is ``mpqlab.quant.ptq.ptq_accuracy``, the step of ``ptq_table``. Extra rows repeat the methods of
+``input_minmax`` with the network's input (the image, first conv) calibrated by min-max instead: notebook 01
+shows why KL calibration fails on that tensor.
 
-    python -m mpqlab.experiments.ptq_calibration [--eval-images 10000] [--out PATH]
+A seed picks the calibration images (``mpqlab.data.calibration_batch``); weights are quantized by min-max,
+the same for every seed. Every method runs with the same seeds, so the accuracies of one seed are paired
+(``seed_accuracies``, ``mpqlab.stats.paired_difference``). The float model sees no calibration image: its
+row is computed once (``"seed": None``).
 
-rewrites ``data/results/ptq_calibration.json`` (one thread; the file records its ``seconds``).
+    python -m mpqlab.experiments.ptq_calibration [--seeds 0 1 2] [--eval-images 10000] [--out PATH]
+
+rewrites ``data/results/ptq_calibration.json`` after every finished point (one thread; the file records the
+wall ``seconds`` and ``cpu_seconds``, added up over resumed sessions). A stopped run continues where it
+stopped if the settings are the same.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import pandas as pd
 from torch.utils.data import TensorDataset
 
-from mpqlab.checkpoint import atomic_write_json, load_pretrained
+from mpqlab.checkpoint import load_pretrained
 from mpqlab.data import Splits, calibration_batch, fashion_mnist_splits, make_loaders, repo_data_dir
-from mpqlab.experiments.cli import experiment_parser, parse_experiment_args
-from mpqlab.quant.policy import quantizable_layers, quantize_model, uniform_policy
-from mpqlab.quant.ptq import act_quantizer_factory, calibrate, ptq_table
-from mpqlab.quant.uniform import default_weight_quantizer
+from mpqlab.experiments.cli import (ResumableResult, experiment_parser, parse_experiment_args, report_written,
+                                    result_header)
+from mpqlab.quant.policy import quantizable_layers
+from mpqlab.quant.ptq import act_quantizer_factory, ptq_accuracy
+from mpqlab.stats import seed_values
 from mpqlab.train import evaluate
 
 RESULTS = repo_data_dir() / "results" / "ptq_calibration.json"
+INPUT_MINMAX = " (input: minmax)"  # suffix of the method name of the extra rows
 
 
 @dataclass
@@ -43,7 +50,7 @@ class Settings:
     input_minmax: tuple = ("kl",)  # also run these methods with min-max on the network input only
     calibration_images: int = 512  # training images seen by the observers
     eval_images: int | None = None  # first N test images; None = all 10,000
-    seed: int = 0  # picks the calibration images
+    seeds: tuple = (0, 1, 2)  # each seed picks its calibration images, the same for every method
 
 
 def cut_test_set(splits: Splits, eval_images: int | None) -> Splits:
@@ -64,52 +71,78 @@ def input_minmax_factory(method: str, input_layer: str):
     return factory
 
 
-def input_minmax_rows(model, splits: Splits, settings: Settings, device: str = "cpu") -> list[dict]:
-    """Accuracy of each ``settings.input_minmax`` method with a min-max quantizer on the network input."""
-    images, _ = calibration_batch(splits, n=settings.calibration_images, seed=settings.seed)
-    test_loader = make_loaders(splits, seed=settings.seed)["test"]
-    input_layer = quantizable_layers(model)[0]
-    rows = []
-    for method in settings.input_minmax:
-        for bits in settings.bits:
-            policy = uniform_policy(model, bits, bits, first_last_bits=settings.first_last_bits)
-            qmodel = quantize_model(model, policy, weight_quantizer=default_weight_quantizer,
-                                    act_quantizer=input_minmax_factory(method, input_layer))
-            calibrate(qmodel, images, device=device)
-            rows.append({"method": f"{method} (input: minmax)", "w_bits": bits, "a_bits": bits,
-                         "accuracy": evaluate(qmodel, test_loader, device)})
-    return rows
+def planned_points(settings: Settings) -> list[tuple[str, int, int]]:
+    """Every (method, bits, seed), seed by seed, so a stopped precompute leaves whole seeds behind it."""
+    methods = list(settings.methods) + [m + INPUT_MINMAX for m in settings.input_minmax]
+    return [(method, bits, seed) for seed in settings.seeds for method in methods for bits in settings.bits]
+
+
+def act_factory(model, method: str):
+    """The activation quantizer factory of a row's ``method`` (``"kl (input: minmax)"`` included)."""
+    if method.endswith(INPUT_MINMAX):
+        return input_minmax_factory(method.removesuffix(INPUT_MINMAX), quantizable_layers(model)[0])
+    return act_quantizer_factory(method)
 
 
 def run(settings: Settings, splits=None, device: str = "cpu", out: Path | None = RESULTS) -> dict:
-    """The float row and every (method, bits) row; writes the JSON to ``out`` (atomically) unless None."""
-    start = time.perf_counter()
+    """The float row and every (method, bits, seed) row; ``out`` (unless None) is rewritten after each point.
+
+    Points already in ``out`` from the same settings are kept, so a stopped precompute continues.
+    """
+    planned = planned_points(settings)
+    for method in dict.fromkeys(m for m, _, _ in planned):  # refuse a typo before any evaluation
+        act_quantizer_factory(method.removesuffix(INPUT_MINMAX))
     splits = cut_test_set(splits or fashion_mnist_splits(), settings.eval_images)
     model = load_pretrained(settings.model, device)
-    table = ptq_table(model, splits, bits_list=settings.bits, methods=settings.methods,
-                      calib_size=settings.calibration_images, first_last_bits=settings.first_last_bits,
-                      seed=settings.seed, device=device)
-    result = {"script": "python -m mpqlab.experiments.ptq_calibration", "seed": settings.seed,
-              "settings": asdict(settings), "test_images": len(splits.test), "torch": torch.__version__,
-              "threads": torch.get_num_threads(),
-              "rows": table.to_dict(orient="records") + input_minmax_rows(model, splits, settings, device),
-              "seconds": time.perf_counter() - start,
-              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if out is not None:
-        atomic_write_json(out, result)
-    return result
+    test_loader = make_loaders(splits, seed=0)["test"]  # not shuffled: the seed changes nothing here
+    progress = ResumableResult(settings, out, result_header("ptq_calibration", settings,
+                                                            test_images=len(splits.test)), lists=("rows",))
+    rows = progress.result["rows"]
+    if not any(r["method"] == "float" for r in rows):
+        rows.insert(0, {"method": "float", "w_bits": 32, "a_bits": 32, "seed": None,
+                        "accuracy": evaluate(model, test_loader, device)})
+        progress.save()
+    images = {}
+    for method, bits, seed in progress.remaining(planned, {(r["method"], r["w_bits"], r["seed"]) for r in rows}):
+        if seed not in images:
+            images[seed] = calibration_batch(splits, n=settings.calibration_images, seed=seed)[0]
+        accuracy = ptq_accuracy(model, bits, act_factory(model, method), images[seed], test_loader,
+                                settings.first_last_bits, device)
+        rows.append({"method": method, "w_bits": bits, "a_bits": bits, "seed": seed, "accuracy": accuracy})
+        progress.save()
+        print(f"seed {seed} {method:>18s} W{bits}A{bits}: {accuracy:.4f}", flush=True)
+    return progress.finish()
+
+
+def seed_accuracies(result: dict, method: str, bits: int) -> list[float]:
+    """Accuracy of ``method`` at W{bits}A{bits} for each seed of ``result``, in the order of ``result["seeds"]``
+    (``mpqlab.stats.seed_values``: paired across methods, gaps refused)."""
+    return [float(v) for v in seed_values(result["rows"], "accuracy", result["seeds"], method=method, w_bits=bits)]
+
+
+def summary(result: dict) -> pd.DataFrame:
+    """Mean and sample sd over the seeds, in %, one row per (method, W{b}A{b}), in the file's order."""
+    rows = [r for r in result["rows"] if r["method"] != "float"]
+    methods, bits = list(dict.fromkeys(r["method"] for r in rows)), result["settings"]["bits"]
+    records = []
+    for method in methods:
+        for b in bits:
+            acc = 100 * pd.Series(seed_accuracies(result, method, b))
+            records.append({"method": method, "bits": f"W{b}A{b}", "mean": acc.mean(), "sd": acc.std(ddof=1)})
+    return pd.DataFrame(records)
 
 
 def main(argv=None) -> None:
     parser = experiment_parser(__doc__, RESULTS)
     parser.add_argument("--eval-images", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--calibration-images", type=int, default=Settings.calibration_images)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(Settings.seeds),
+                        help="seeds (calibration images), the same for every method")
     args = parse_experiment_args(parser, argv)
-    settings = Settings(eval_images=args.eval_images, calibration_images=args.calibration_images)
+    settings = Settings(eval_images=args.eval_images, calibration_images=args.calibration_images,
+                        seeds=tuple(args.seeds))
     result = run(settings, out=args.out)
-    for row in result["rows"]:
-        print(f"{row['method']:>10s} W{row['w_bits']}A{row['a_bits']}: {row['accuracy']:.4f}")
-    print(f"{result['seconds']:.0f} s, written to {args.out}")
+    report_written(args.out, result)
 
 
 if __name__ == "__main__":

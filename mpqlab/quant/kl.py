@@ -32,18 +32,26 @@ matter below 8 bits: the search starts at bin ``first_bin = 128`` whatever the b
 and the first bin's count is replaced by the second's (``suppress_zero_spike``). ReLU outputs hold up
 to half their values at exactly 0; zero is exact on every grid, but the spike would dominate the
 divergence and drag T towards 0 (at 4 bits it picks T ~ max/256 without these two details).
+
+``KLObserver`` histograms every value it sees, batch by batch, and stores only the histogram, as that
+calibrator's ``collect`` does: the first batch fixes the bin width ``w = max|x| / num_bins`` (bins
+``[k w, (k+1) w)`` from 0); a later batch reaching beyond the last edge appends bins of the same width, so
+the counts already collected stay exact, and the search runs on the whole histogram, however many bins it
+has. One batch therefore gives exactly ``kl_calibration``'s threshold, and several batches the threshold
+of the histogram of all their values on the first batch's edges (tests/test_kl_streaming.py).
 Introduced in notebook 01.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mpqlab.errors import QuantParamError, check_tensor
-from mpqlab.quant.observers import SampleObserver
+from mpqlab.errors import QuantParamError, check_int, check_tensor
+from mpqlab.quant.observers import MinMaxObserver
 
 
 @dataclass
@@ -69,17 +77,27 @@ def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4, first_bin: int = 0)
 
         KL = sum_k p_k log p_k  -  sum_j p(group j) log q_j
 
-    and both parts come from cumulative sums of the histogram, for all ~2000 candidates together
+    and both parts come from cumulative sums of the histogram, for blocks of candidates together
     rather than in a Python loop (tests/test_kl.py checks it against the literal loop, bin by bin).
     """
     h = np.asarray(hist, dtype=np.float64)
     total = h.sum()
     if total <= 0:
         raise QuantParamError("the histogram is empty: KL calibration needs at least one count")
-    i = np.arange(max(num_levels, min(first_bin, len(h))), len(h) + 1)  # (I,) candidate i keeps bins 0 .. i-1
+    candidates = np.arange(max(num_levels, min(first_bin, len(h))), len(h) + 1)  # candidate i keeps bins 0 .. i-1
     cum = np.concatenate([[0.0], np.cumsum(h)])                # cum[k] = mass of bins 0 .. k-1
     cum_nonempty = np.concatenate([[0], np.cumsum(h > 0)])     # non-empty bins among 0 .. k-1
     cum_xlogx = np.concatenate([[0.0], np.cumsum(_xlogx(h))])
+    # Each candidate is independent; blocks of candidates keep the (I, L) arrays small when an observer's
+    # histogram has grown to many bins.
+    block = max(1, 2**21 // num_levels)
+    kl = np.concatenate([_kl_block(h, i, num_levels, eps, total, cum, cum_nonempty, cum_xlogx)
+                         for i in np.split(candidates, range(block, len(candidates), block))])
+    return candidates, kl
+
+
+def _kl_block(h, i, num_levels, eps, total, cum, cum_nonempty, cum_xlogx) -> np.ndarray:
+    """``kl_curve`` for the candidates ``i`` (I,), given the histogram's cumulative sums."""
     outliers = total - cum[i]                                  # (I,) mass clipped onto bin i-1
     p_last = h[i - 1] + outliers                               # (I,) P's last bin
     # Group j of candidate i holds bins edges[j] .. edges[j+1] - 1, edges[j] = ceil(j * i / num_levels).
@@ -94,7 +112,7 @@ def kl_curve(hist, num_levels: int = 128, eps: float = 1e-4, first_bin: int = 0)
         q = (1 - eps) * share / support + eps / support.sum(axis=1, keepdims=True)  # per bin, smoothed
         cross = np.where(p_mass > 0, p_mass * np.log(q), 0.0).sum(axis=1) / total
     neg_entropy = (cum_xlogx[i - 1] + _xlogx(p_last)) / total - np.log(total)    # sum_k p_k log p_k
-    return i, neg_entropy - cross
+    return neg_entropy - cross
 
 
 def kl_from_histogram(hist, bin_width: float, num_levels: int = 128, eps: float = 1e-4,
@@ -114,43 +132,149 @@ def kl_from_histogram(hist, bin_width: float, num_levels: int = 128, eps: float 
                          bin_edges=np.arange(num_bins + 1) * bin_width)
 
 
+def first_bin_width(top: float, num_bins: int) -> float:
+    """Width ``w`` of ``num_bins`` bins over ``[0, top]``: ``top / num_bins``, one ulp wider if rounding would
+    end the last bin (``num_bins * w`` in float64) short of ``top``. An all-zero ``top`` gets ``[0, 1]``."""
+    if top <= 0:
+        return 1.0 / num_bins
+    width = top / num_bins
+    while width * num_bins < top:
+        width = math.nextafter(width, math.inf)
+    return width
+
+
+def abs_histogram(a: torch.Tensor, width: float, num_bins: int) -> torch.Tensor:
+    """float64 counts of the values ``a`` (>= 0, all <= ``num_bins * width``) in the bins ``[k w, (k+1) w)``.
+
+    The edges are ``k * w`` in float64 and the last bin is closed, as ``np.histogram(a, np.arange(num_bins + 1)
+    * w)``, value for value: a bin is found by comparing with the edges, not by rounding ``a / w``.
+    """
+    inner = torch.arange(1, num_bins, dtype=torch.float64) * width  # (num_bins - 1,) edges between bins
+    index = torch.bucketize(a.to(torch.float64).flatten(), inner, right=True)  # edges[k] <= a < edges[k+1]
+    return torch.bincount(index, minlength=num_bins).to(torch.float64)
+
+
+def kl_search(hist, bin_width: float, num_levels: int = 128, eps: float = 1e-4, first_bin: int = 128,
+              suppress_zero_spike: bool = True) -> KLCalibration:
+    """``kl_from_histogram`` on raw counts of ``|x|``, with ``suppress_zero_spike`` applied to the searched copy
+    (``KLCalibration.hist`` keeps the raw counts)."""
+    hist = np.asarray(hist, dtype=np.float64)
+    searched = hist.copy()
+    if suppress_zero_spike and hist.shape[0] > 1 and hist[1:].sum() > 0:  # (an all-zero x keeps its one bin)
+        searched[0] = searched[1]
+    result = kl_from_histogram(searched, bin_width, num_levels, eps, first_bin)
+    result.hist = hist
+    return result
+
+
 def kl_calibration(x: torch.Tensor, num_levels: int = 128, num_bins: int = 2048,
                    max_abs: float | None = None, eps: float = 1e-4, first_bin: int = 128,
                    suppress_zero_spike: bool = True) -> KLCalibration:
     """Histogram ``|x|`` into ``num_bins`` bins over ``[0, max|x|]`` and find the KL-optimal threshold.
 
-    ``max_abs`` widens the range to at least that (an observer passes the exact maximum when ``x`` is a sample).
+    ``max_abs`` widens the range to at least that.
     An all-zero ``x`` gets a histogram over [0, 1] (the threshold then clips nothing that exists).
     ``first_bin`` and ``suppress_zero_spike``: see the module docstring (``KLCalibration.hist`` keeps the raw counts).
     """
     check_tensor(x)
-    a = x.detach().abs().float().flatten().cpu()
-    top = max(float(a.max()), 0.0 if max_abs is None else float(max_abs)) or 1.0
-    hist = torch.histc(a, bins=num_bins, min=0.0, max=top).double().numpy()
-    searched = hist.copy()
-    if suppress_zero_spike and num_bins > 1 and hist[1:].sum() > 0:  # (an all-zero x keeps its one bin)
-        searched[0] = searched[1]
-    result = kl_from_histogram(searched, top / num_bins, num_levels, eps, first_bin)
-    result.hist = hist
-    return result
+    a = x.detach().abs().flatten().cpu().to(torch.float64)
+    top = max(float(a.max()), 0.0 if max_abs is None else float(max_abs))
+    width = first_bin_width(top, num_bins)
+    return kl_search(abs_histogram(a, width, num_bins).numpy(), width, num_levels, eps, first_bin,
+                     suppress_zero_spike)
 
 
-class KLObserver(SampleObserver):
-    """Per-tensor observer whose range is ``[max(x_min, -T), min(x_max, T)]`` with T from ``kl_calibration``.
+class KLObserver(MinMaxObserver):
+    """Per-tensor observer whose range is ``[max(x_min, -T), min(x_max, T)]`` with T from the KL search.
+
+    It keeps a histogram of ``|x|`` over every value seen since ``reset()``, never the values themselves,
+    built as pytorch-quantization's ``HistogramCalibrator.collect`` builds it (NVIDIA TensorRT repository,
+    tools/pytorch-quantization/pytorch_quantization/calib/histogram.py): the first batch sets the bin width
+    (``max|x| / num_bins``, from 0); a batch reaching beyond the last edge appends bins of that same width;
+    the search (``first_bin = 128``, ``suppress_zero_spike``, as ``kl_calibration``) runs on all the bins.
+    So one batch gives exactly ``kl_calibration(x, levels, num_bins).threshold``.
+
+    Two cases that calibrator does not meet: batches that are all zero (no width to take from them) are
+    counted in bin 0 and the width is set by the first batch holding a nonzero value; and a range that
+    grows past ``max_bins`` bins (a batch ``max_bins / num_bins`` times larger than the first) merges
+    neighbouring bins in pairs, as often as needed, so memory stays bounded (the merged counts are still exact
+    for the wider bins, whose edges are every other old edge).
 
     ``num_levels=None`` uses the levels the grid has between 0 and T: ``2^bits`` for an unsigned grid
     over data that is never negative (ReLU outputs), else ``2^(bits-1)`` (128 at 8 bits, as TensorRT).
     """
 
     def __init__(self, bits: int = 8, symmetric: bool = False, signed: bool = False, narrow: bool = False,
-                 num_levels: int | None = None, num_bins: int = 2048, max_samples: int = 2**16, seed: int = 0):
-        super().__init__(bits, symmetric, signed, narrow, None, max_samples, seed)
-        self.num_levels, self.num_bins = num_levels, num_bins
+                 num_levels: int | None = None, num_bins: int = 2048, max_bins: int | None = None):
+        super().__init__(bits, symmetric, signed, narrow, None)
+        self.num_levels = None if num_levels is None else check_int(num_levels, name="num_levels", low=2)
+        self.num_bins = check_int(num_bins, name="num_bins", low=2)
+        self.max_bins = check_int(16 * self.num_bins if max_bins is None else max_bins, name="max_bins",
+                                  low=self.num_bins)
+        self.register_buffer("hist", None, persistent=False)  # (bins,) float64 counts of |x| once a width is set
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.hist = None
+        self.bin_width: float | None = None
+        self.zero_count = 0  # values seen while every value so far was 0 (before a width exists)
+        self.on_last_edge = 0  # values exactly on the last edge, which the closed last bin holds
+
+    def observe(self, rows: torch.Tensor) -> None:
+        a = rows.detach().abs().flatten().cpu().to(torch.float64)  # (N,), exact for any float input
+        top = float(a.max())
+        hist, width, zero_count, on_edge = self.hist, self.bin_width, self.zero_count, self.on_last_edge
+        if width is None and top == 0:
+            zero_count += a.numel()
+        else:
+            if width is None:  # the first nonzero batch fixes the bins; earlier zeros all fall in bin 0
+                width = first_bin_width(top, self.num_bins)
+                hist = torch.zeros(self.num_bins, dtype=torch.float64)
+                hist[0], zero_count = float(zero_count), 0
+            elif top > hist.shape[0] * width:
+                hist, width = self._grown(hist, width, top, on_edge)
+                on_edge = 0  # (every value seen so far is now below the last edge)
+            hist = hist + abs_histogram(a, width, hist.shape[0])
+            on_edge += int((a == hist.shape[0] * width).sum())
+        super().observe(rows)  # exact extremes; refuses a changed channel count before anything is kept
+        self.hist, self.bin_width, self.zero_count, self.on_last_edge = hist, width, zero_count, on_edge
+
+    def _grown(self, hist: torch.Tensor, width: float, top: float, on_edge: int) -> tuple[torch.Tensor, float]:
+        """``hist`` extended by empty bins of width ``width`` until its last edge reaches ``top``
+        (bins merged in pairs while that would take more than ``max_bins``)."""
+        # The last bin is closed (as np.histogram's): the ``on_edge`` values equal to its right edge move to the
+        # bin that now starts there, so every bin is [k w, (k+1) w) of all the values, as if seen at once.
+        hist = torch.cat([hist, hist.new_tensor([float(on_edge)])])
+        hist[-2] -= on_edge
+        wide = width
+        while top / wide > self.max_bins:  # doubling is exact, so every merged edge is an old edge
+            wide *= 2
+        if wide > width:
+            factor = wide / width  # a power of two
+            merged = (torch.div(torch.arange(hist.shape[0]), int(factor), rounding_mode="floor")
+                      if factor < hist.shape[0] else torch.zeros(hist.shape[0], dtype=torch.long))
+            hist = torch.zeros(int(merged[-1]) + 1, dtype=torch.float64).index_add_(0, merged, hist)
+            width = wide
+        n = max(hist.shape[0], math.ceil(top / width))  # NVIDIA's calibrator: ceil(max / width) bins
+        while n * width < top:  # (rounding)
+            n += 1
+        return torch.cat([hist, hist.new_zeros(n - hist.shape[0])]), width
+
+    def histogram(self) -> tuple[np.ndarray, float]:
+        """``(counts, bin_width)`` of every ``|x|`` seen; before any nonzero value, ``kl_calibration``'s all-zero
+        histogram (``num_bins`` bins over [0, 1])."""
+        self._check_seen()
+        if self.bin_width is None:
+            hist = np.zeros(self.num_bins)
+            hist[0] = self.zero_count
+            return hist, first_bin_width(0.0, self.num_bins)
+        return self.hist.numpy().copy(), self.bin_width
 
     def compute_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_seen()
         all_levels_positive = not self.signed and bool(self.min_val.min() >= 0)
         levels = self.num_levels or max(2, 2 ** (self.bits - (0 if all_levels_positive else 1)))
-        max_abs = max(-self.min_val.item(), self.max_val.item())  # exact, though the histogram is of a sample
-        threshold = kl_calibration(self.all_samples(), min(levels, self.num_bins), self.num_bins, max_abs).threshold
+        hist, width = self.histogram()
+        threshold = kl_search(hist, width, min(levels, self.num_bins)).threshold
         return self.qparams_for_range(self.min_val.clamp(min=-threshold), self.max_val.clamp(max=threshold))

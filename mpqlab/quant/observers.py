@@ -146,7 +146,7 @@ class EMAMinMaxObserver(MinMaxObserver):
 class SampleObserver(MinMaxObserver):
     """Min-max plus a seeded random sample of at most ``max_samples`` values per channel per batch.
 
-    Percentile, MSE and KL calibration need the distribution, not just the extremes; a sample keeps
+    Percentile and MSE calibration need the distribution, not just the extremes; a sample keeps
     memory bounded while the exact extremes are still tracked.
     """
 

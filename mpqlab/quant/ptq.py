@@ -73,6 +73,18 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 256, dev
     return model
 
 
+def ptq_accuracy(model: nn.Module, bits: int, act_quantizer, images: torch.Tensor, test_loader,
+                 first_last_bits: int | None = 8, device: str = "cpu") -> float:
+    """Test accuracy of ``model`` quantized at W{bits}A{bits} (a copy; ``model`` is unchanged) with activation
+    quantizers from ``act_quantizer`` (e.g. ``act_quantizer_factory("kl")``), calibrated on ``images``."""
+    from mpqlab.train import evaluate
+
+    policy = uniform_policy(model, bits, bits, first_last_bits=first_last_bits)
+    qmodel = quantize_model(model, policy, weight_quantizer=default_weight_quantizer, act_quantizer=act_quantizer)
+    calibrate(qmodel, images, device=device)
+    return evaluate(qmodel, test_loader, device)
+
+
 def ptq_table(model_or_fn: nn.Module | Callable[[], nn.Module], splits, bits_list=(8, 6, 4),
               methods=("minmax", "percentile", "mse", "kl"), calib_size: int = 512,
               first_last_bits: int | None = 8, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
@@ -97,11 +109,7 @@ def ptq_table(model_or_fn: nn.Module | Callable[[], nn.Module], splits, bits_lis
              "accuracy": evaluate(fresh_model(), test_loader, device)}]
     for method in tqdm(methods, desc="PTQ methods"):
         for bits in bits_list:
-            model = fresh_model()
-            policy = uniform_policy(model, bits, bits, first_last_bits=first_last_bits)
-            qmodel = quantize_model(model, policy, weight_quantizer=default_weight_quantizer,
-                                    act_quantizer=act_quantizer_factory(method))
-            calibrate(qmodel, images, device=device)
-            rows.append({"method": method, "w_bits": bits, "a_bits": bits,
-                         "accuracy": evaluate(qmodel, test_loader, device)})
+            accuracy = ptq_accuracy(fresh_model(), bits, act_quantizer_factory(method), images, test_loader,
+                                    first_last_bits, device)
+            rows.append({"method": method, "w_bits": bits, "a_bits": bits, "accuracy": accuracy})
     return pd.DataFrame(rows)
