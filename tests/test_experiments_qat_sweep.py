@@ -16,7 +16,7 @@ def tiny_splits(n=40):
 
 def test_defaults_pair_three_seeds_on_the_full_test_set():
     settings = Settings()
-    assert settings.seeds == (0, 1, 2) and settings.eval_images == 10_000 and settings.start_images < settings.eval_images
+    assert settings.seeds == (0, 1, 2) and settings.eval_images == settings.start_images == 10_000
     runs = planned_runs(settings)
     assert len(runs) == 3 * (4 * 3 + 1)
     # every configuration with every seed, seed by seed: a stopped precompute leaves whole seeds behind it
@@ -78,3 +78,16 @@ def test_by_seed_pairs_and_formats():
     diff = paired_points(lsq, pact)
     assert diff.n == 3 and diff.mean == pytest.approx(10.0) and diff.detectable
     assert mean_sd(lsq.values()) == "81.0 ± 1.0" and mean_sd([]) == "failed"
+
+
+def test_equal_counts_score_the_test_set_once(monkeypatch):
+    # start_images == eval_images: the final accuracy is fine_tune's own score, not a second pass over the test set
+    import mpqlab.experiments.qat_sweep as qs
+
+    calls = []
+    monkeypatch.setattr(qs, "evaluate", lambda *a, **k: calls.append(1) or 0.5)
+    settings = Settings(methods=("lsq",), bits=(2,), steps=1, chunk=1, batch_size=8, eval_images=16, start_images=16,
+                        curve_images=8, ablation_bits=0, seeds=(0,))
+    (row,) = run(settings, splits=tiny_splits(), out=None)["runs"]
+    assert "error" not in row and row["accuracy"] == row["subset_accuracy"]
+    assert calls == [1]  # only the float model's score in run(); the quantized runs' scores come from fine_tune

@@ -40,7 +40,7 @@ def test_smoke_writes_the_selected_runs(tmp_path):
 
 def test_defaults_pair_three_seeds_on_the_full_test_set():
     settings = Settings()
-    assert settings.seeds == (0, 1, 2) and settings.eval_images == 10_000 and settings.start_images < settings.eval_images
+    assert settings.seeds == (0, 1, 2) and settings.eval_images == settings.start_images == 10_000
     runs = planned_runs(settings)
     assert len(runs) == 3 * len(configs(settings)) and [seed for _, seed in runs] == sorted(seed for _, seed in runs)
 
@@ -60,3 +60,13 @@ def test_progressive_schedule_runs_its_stages_on_one_model(tmp_path):
     assert row["schedule"] == [5, 4, 3, 2] and len(row["stage_accuracy"]) == 4
     assert row["steps"] == [1, 2, 3, 4, 5, 6, 7, 8] and row["subset_accuracy"] == row["stage_accuracy"][-1]
     assert row["seed"] == 0
+
+
+def test_equal_counts_reuse_the_last_stage_score(monkeypatch):
+    # start_images == eval_images: the final accuracy is the last stage's score, not a second pass over the test set
+    import mpqlab.experiments.two_bit as tb
+
+    monkeypatch.setattr(tb, "evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored twice")))
+    settings = Settings(steps=1, chunk=1, batch_size=8, eval_images=16, start_images=16, curve_images=8, seeds=(0,))
+    (row,) = run(settings, splits=tiny_splits(), out=None, only=("W4A2",))["runs"]
+    assert "error" not in row and row["accuracy"] == row["subset_accuracy"] == row["stage_accuracy"][-1]

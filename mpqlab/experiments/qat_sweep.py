@@ -5,14 +5,15 @@ Every run starts from the shipped MobileNetV1-small checkpoint, keeps the first 
 (``mpqlab.qat.fine_tune``). That is a small fraction of one epoch (430 steps): the numbers show where each
 method starts and how fast it recovers, not where it would end after the papers' 90+ epochs. (50 steps, not
 the 90 of the single-seed version: three seeds and scoring on all 10,000 test images cost the rest of the
-budget of about 25 minutes on one core.)
+budget of about half an hour on one core.)
 
 A seed fixes the data order (and torch's global seed); every method and bit-width runs with the same seeds,
 so the accuracies of one seed are paired and the notebook compares settings within pairs (``mpqlab.stats``).
-The final accuracy (``accuracy``) is scored on the full 10,000-image test set. Before fine-tuning the
-network is scored on the first ``start_images`` test images only (``start_accuracy``), and again on the same
-images after it (``subset_accuracy``), so that the gain is measured like for like; the training curve uses a
-small validation subset.
+The network is scored on the full 10,000-image test set before fine-tuning (``start_accuracy``, on the
+first ``start_images`` test images: all of them) and after it (``accuracy``, on the first ``eval_images``), so
+the gain is measured like for like; ``subset_accuracy`` is the score after fine-tuning on the
+``start_images`` images (the same number as ``accuracy`` when both cover the whole test set). The training
+curve uses a small validation subset.
 
 One more run per seed repeats LSQ at ``ablation_bits`` with the gradient scale switched off (g = 1 instead
 of 1/sqrt(N Q_P)) at the same learning rates: the LSQ paper's ablation, in miniature. A run whose quantizer
@@ -58,7 +59,7 @@ class Settings:
     pact_lambda: float = 1e-4  # PACT's L2 penalty on alpha
     batch_size: int = 128
     eval_images: int = 10_000  # first N test images (all of them), scored after fine-tuning
-    start_images: int = 1000  # first N test images, scored before fine-tuning and again after it
+    start_images: int = 10_000  # first N test images (all of them), scored before fine-tuning and again after it
     curve_images: int = 300  # first N validation images, scored after every chunk
     ablation_bits: int = 3  # LSQ with g = 1 at this bit-width (at 2 bits even the run with g stays at chance)
     seeds: tuple = (0, 1, 2)  # each seed: the data order, the same for every method and bit-width
@@ -77,8 +78,12 @@ def one_run(fp_model, method: str, bits: int, settings: Settings, splits, grad_s
                         extra_loss=extra, device=device)
     except MpqlabError as err:  # e.g. a step size driven below zero: that is a result too
         return row | {"error": f"{type(err).__name__}: {err}"}
-    # the final score on every test image; fine_tune's own "accuracy" is on the start_images subset
-    accuracy = evaluate(qmodel, subset_loader(splits.test, settings.eval_images), device)
+    # the final score on the first eval_images test images; fine_tune's own "accuracy" is on the first
+    # start_images, so with equal counts it is the same number and the test set is not scored twice
+    if settings.start_images == settings.eval_images:
+        accuracy = res.accuracy
+    else:
+        accuracy = evaluate(qmodel, subset_loader(splits.test, settings.eval_images), device)
     images, _ = calibration_batch(splits, min(256, len(splits.train)), seed)
     return (row | asdict(res) | {"subset_accuracy": res.accuracy, "accuracy": accuracy,
                                  "seconds": time.perf_counter() - start, "clips": clip_vs_max(qmodel, images, device)})
