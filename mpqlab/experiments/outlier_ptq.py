@@ -15,7 +15,7 @@ None), the float model once. Each row also keeps its correct predictions per 1,0
 rerun on the first few thousand images can be compared exactly with the file.
 
 On one thread a setting costs about 20 s (calibration and scoring 10,000 images), so the 14 settings x 3 seeds
-take about 14 minutes (846 s wall, 761 s CPU in the committed file).
+take about a quarter of an hour (the file records its own ``seconds`` and ``cpu_seconds``; README's table lists them).
 
     python -m mpqlab.experiments.outlier_ptq [--seeds 0 1 2] [--eval-images N] [--out PATH]
 
